@@ -1,0 +1,40 @@
+"""edx_live wire protocol: message models, codec and version.
+
+Light on purpose (pydantic, msgpack, numpy) so that producers beside the
+microscope can import it without the analysis stack.
+"""
+
+from .acquisition import (
+    VELOX_NEXT_PIXEL,
+    AcquisitionMessage,
+    ArrayDescriptor,
+    DenseFrame,
+    Detector,
+    EnergyAxis,
+    EventsFrame,
+    Start,
+    Stop,
+    VeloxFrame,
+)
+from .codec import Decoded, ProtocolError, decode, decode_result, describe, encode
+from .results import (
+    NOISE_LABEL,
+    WORKFLOWS,
+    ClusterComposition,
+    ClusterInfo,
+    Clusters,
+    Composition,
+    ElementResult,
+    Gaps,
+    Status,
+    topic_for,
+)
+from .version import PROTOCOL_VERSION
+
+__all__ = [
+    "PROTOCOL_VERSION", "VELOX_NEXT_PIXEL", "NOISE_LABEL", "WORKFLOWS",
+    "AcquisitionMessage", "ArrayDescriptor", "DenseFrame", "Detector", "EnergyAxis", "EventsFrame",
+    "Start", "Stop", "VeloxFrame", "Status", "Clusters", "ClusterInfo", "Composition",
+    "ClusterComposition", "ElementResult", "Gaps", "Decoded", "ProtocolError",
+    "decode", "decode_result", "describe", "encode", "topic_for",
+]
