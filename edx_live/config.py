@@ -1,0 +1,146 @@
+"""One configuration object for the service.
+
+Precedence, lowest first: defaults < environment (``EDX_LIVE_*``, nested with
+``__``, e.g. ``EDX_LIVE_REFIT__INTERVAL_S=2``) < configuration file (TOML) <
+command line. Unknown keys and invalid values are errors at start-up.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edx_live.quantify.kfactors import parse_kfactors
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSettings(_Section):
+    """Where frames come from."""
+
+    address: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ endpoint; port * = any free port.")
+    socket: Literal["pull", "sub"] = Field("pull", description="PULL (no loss, producer PUSHes) or SUB.")
+    bind: bool | None = Field(None, description="Bind instead of connect; default: PULL binds, SUB connects.")
+    high_water_mark: int = Field(10_000, ge=0, description="Messages queued before the socket blocks/drops.")
+
+    @property
+    def binds(self) -> bool:
+        return self.socket == "pull" if self.bind is None else self.bind
+
+
+class OutputSettings(_Section):
+    """Where results go."""
+
+    address: str = Field("tcp://127.0.0.1:5557", description="PUB endpoint the service binds.")
+    status_interval_s: float = Field(1.0, gt=0, description="Seconds between status documents.")
+
+
+class AccumulateSettings(_Section):
+    """Energy selection while accumulating, and spatial binning for the workflows."""
+
+    energy_min_kev: float | None = Field(None, description="Drop channels below (None = keep all).")
+    energy_max_kev: float | None = Field(None, description="Drop channels above (None = keep all).")
+    energy_rebin: int = Field(1, ge=1, le=64, description="Detector channels summed per channel.")
+    spatial_bin: int = Field(2, ge=1, le=16, description="Pixels per side summed before segmentation.")
+
+    def to_core(self):
+        from edx_live.core.ingest import AccumulateSettings as Core
+
+        return Core(self.energy_min_kev, self.energy_max_kev, self.energy_rebin)
+
+
+class RefitSettings(_Section):
+    """When the workflows are refitted."""
+
+    interval_s: float = Field(5.0, gt=0, description="Seconds between refits while counts arrive.")
+    every_frames: int | None = Field(None, ge=1, description="Also refit after this many new sweeps.")
+    workflows: list[Literal["pca-gmm", "umap-hdbscan"]] = Field(
+        default_factory=lambda: ["pca-gmm", "umap-hdbscan"], min_length=1)
+    min_counts: int = Field(1000, ge=0, description="Counts needed before the first refit.")
+
+
+class PcaGmmSettings(_Section):
+    n_components: int | None = Field(None, ge=1, description="PCA components; None = scree change point.")
+    n_clusters: int | None = Field(None, ge=1, description="Mixture components; None = lowest BIC.")
+    max_components: int = Field(20, ge=2)
+    max_clusters: int = Field(8, ge=2)
+    random_state: int = 0
+
+
+class UmapHdbscanSettings(_Section):
+    n_components: int = Field(4, ge=2)
+    n_neighbors: int = Field(15, ge=2)
+    min_cluster_size: int | None = Field(
+        None, ge=2, description="Pixels (binned) the smallest feature covers; None = 2 % of the pixels.")
+    random_state: int = 0
+
+
+class QuantifySettings(_Section):
+    kfactors: dict[str, float] = Field(default_factory=dict, description="Cliff-Lorimer k-factor per line.")
+    elements: list[str] = Field(default_factory=list, description="Overrides the acquisition's elements.")
+    xray_lines: list[str] = Field(default_factory=list, description="Overrides the acquisition's lines.")
+    replicas: int = Field(64, ge=0, description="Poisson replicas for the uncertainty (0 = none).")
+
+    @field_validator("kfactors")
+    @classmethod
+    def _known_lines(cls, value: dict[str, float]) -> dict[str, float]:
+        return parse_kfactors(value)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; see each section."""
+
+    model_config = SettingsConfigDict(env_prefix="EDX_LIVE_", env_nested_delimiter="__", extra="forbid")
+
+    input: InputSettings = Field(default_factory=InputSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    accumulate: AccumulateSettings = Field(default_factory=AccumulateSettings)
+    refit: RefitSettings = Field(default_factory=RefitSettings)
+    pca_gmm: PcaGmmSettings = Field(default_factory=PcaGmmSettings)
+    umap_hdbscan: UmapHdbscanSettings = Field(default_factory=UmapHdbscanSettings)
+    quantify: QuantifySettings = Field(default_factory=QuantifySettings)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist; pass an existing TOML file to --config "
+                          f"(deploy/edx-live.toml is an example)")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(config_file: str | Path | None = None, overrides: dict | None = None) -> Settings:
+    """Build the settings: defaults < environment < ``config_file`` < ``overrides`` (command line)."""
+    values = read_config_file(config_file) if config_file else {}
+    values = _merge(values, overrides or {})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                 for e in exc.errors(include_url=False)]
+        source = f" in {config_file}" if config_file else ""
+        raise ConfigError("invalid configuration" + source + ":\n" + "\n".join(lines) +
+                          "\nsee the configuration reference in README.md") from None

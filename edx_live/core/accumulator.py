@@ -1,0 +1,148 @@
+"""The accumulated spectrum image of one acquisition, at the scan's full resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+
+
+class FrameRejected(ValueError):
+    """A frame that is well formed but does not fit the acquisition; nothing was accumulated."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class EnergySelection:
+    """Which detector channels are kept, and how many are summed into one.
+
+    Attributes
+    ----------
+    lo : int
+        First detector channel kept.
+    rebin : int
+        Detector channels per accumulated channel.
+    channels : int
+        Accumulated channels; detector channels ``lo .. lo + channels * rebin - 1`` are kept.
+    offset_kev, scale_kev : float
+        Calibration of the accumulated channels (centre of each summed bin).
+    """
+
+    lo: int
+    rebin: int
+    channels: int
+    offset_kev: float
+    scale_kev: float
+
+    @classmethod
+    def from_range(cls, offset_kev: float, scale_kev: float, detector_channels: int,
+                   min_kev: float | None = None, max_kev: float | None = None,
+                   rebin: int = 1) -> "EnergySelection":
+        """Select channels whose centre lies in [min_kev, max_kev] (None = no limit)."""
+        if rebin < 1:
+            raise ValueError(f"energy rebin must be >= 1, got {rebin}")
+        lo = 0 if min_kev is None else int(np.ceil((min_kev - offset_kev) / scale_kev))
+        hi = detector_channels if max_kev is None else int(np.floor((max_kev - offset_kev) / scale_kev)) + 1
+        lo, hi = max(lo, 0), min(hi, detector_channels)
+        channels = (hi - lo) // rebin
+        if channels < 1:
+            raise ValueError(f"energy range [{min_kev}, {max_kev}] keV with rebin {rebin} keeps no channel "
+                             f"of the detector's {offset_kev:.3f}..{offset_kev + detector_channels * scale_kev:.3f} keV")
+        centre = offset_kev + (lo + (rebin - 1) / 2) * scale_kev
+        return cls(lo, rebin, channels, float(centre), float(scale_kev * rebin))
+
+
+class Accumulator:
+    """Counts per (pixel, kept channel) for one acquisition.
+
+    Parameters
+    ----------
+    scan_shape : tuple of int
+        (rows, columns) of the scan.
+    detector_channels : int
+        Channels of the detector as announced by the acquisition start.
+    selection : EnergySelection
+        Energy crop and rebin applied while accumulating.
+    dtype : numpy dtype
+        Storage type; uint32 holds 4e9 counts per pixel and channel.
+    """
+
+    def __init__(self, scan_shape: tuple[int, int], detector_channels: int,
+                 selection: EnergySelection, dtype=np.uint32):
+        self.scan_shape = tuple(int(n) for n in scan_shape)
+        self.detector_channels = int(detector_channels)
+        self.selection = selection
+        self.n_pixels = self.scan_shape[0] * self.scan_shape[1]
+        self._flat = np.zeros((self.n_pixels, selection.channels), dtype=dtype)
+        self.counts = 0  # counts inside the kept energy range
+        self.events = 0  # counts received, kept or not
+
+    @property
+    def cube(self) -> np.ndarray:
+        """The accumulated spectrum image, (rows, columns, channels); a view, do not modify."""
+        return self._flat.reshape(*self.scan_shape, -1)
+
+    def add_events(self, pixel: np.ndarray, channel: np.ndarray) -> int:
+        """Add X-ray events; return the number inside the kept energy range."""
+        if pixel.size:
+            self._check_pixels(int(pixel.max()), "event")
+            self._check_channel(int(channel.max()))
+        return self._account(pixel.size, kernels.add_events(
+            self._flat, pixel, channel, self.selection.lo, self.selection.rebin))
+
+    def add_velox(self, stream: np.ndarray, pixel_start: int) -> int:
+        """Add a Velox SpectrumStream chunk whose first value belongs to ``pixel_start``."""
+        max_channel, last, events = kernels.velox_extent(stream)
+        if events:
+            self._check_pixels(pixel_start + last, "stream")
+            self._check_channel(max_channel)
+        return self._account(events, kernels.add_velox(
+            self._flat, stream, pixel_start, self.selection.lo, self.selection.rebin))
+
+    def add_dense(self, counts: np.ndarray, pixel_start: int) -> int:
+        """Add whole spectra (pixels, detector channels) for pixels from ``pixel_start`` on."""
+        if counts.shape[1] != self.detector_channels:
+            raise FrameRejected("shape_mismatch", f"dense block has {counts.shape[1]} channels, "
+                                                  f"the acquisition {self.detector_channels}")
+        if counts.shape[0]:
+            self._check_pixels(pixel_start + counts.shape[0] - 1, "dense block")
+        events = int(counts.sum(dtype=np.uint64))
+        return self._account(events, kernels.add_dense(
+            self._flat, counts, pixel_start, self.selection.lo, self.selection.rebin))
+
+    def binned(self, factor: int) -> np.ndarray:
+        """Spectrum image summed over ``factor`` x ``factor`` pixels, as uint64.
+
+        Scans whose sides are not multiples of ``factor`` are padded with empty
+        pixels, so the last row or column of bins covers fewer pixels.
+        """
+        cube = self.cube
+        if factor == 1:
+            return cube.astype(np.uint64)
+        rows, cols, ch = cube.shape
+        pr, pc = -rows % factor, -cols % factor
+        if pr or pc:
+            cube = np.pad(cube, ((0, pr), (0, pc), (0, 0)))
+        r, c = cube.shape[0] // factor, cube.shape[1] // factor
+        return cube.reshape(r, factor, c, factor, ch).sum(axis=(1, 3), dtype=np.uint64)
+
+    def _account(self, events: int, kept: int) -> int:
+        self.events += int(events)
+        self.counts += int(kept)
+        return int(kept)
+
+    def _check_pixels(self, highest: int, what: str) -> None:
+        if highest >= self.n_pixels:
+            raise FrameRejected("pixel_out_of_range", f"{what} reaches pixel {highest}, the scan "
+                                                      f"{self.scan_shape} has {self.n_pixels}")
+
+    def _check_channel(self, highest: int) -> None:
+        if highest >= self.detector_channels:
+            raise FrameRejected("channel_out_of_range", f"channel {highest} >= the acquisition's "
+                                                        f"{self.detector_channels} channels")

@@ -1,0 +1,38 @@
+"""Structured logging: one structlog logger per concern, rendered for a console or as JSON lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service")
+
+
+def configure(fmt: str = "console", level: str = "info", stream=None) -> None:
+    """Route all edx_live loggers to ``stream`` (stderr) as console lines or JSON lines."""
+    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
+                else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(concern: str):
+    """The logger of one concern, e.g. ``get_logger("ingest")`` -> ``edx_live.ingest``."""
+    return structlog.get_logger(f"edx_live.{concern}").bind(logger=f"edx_live.{concern}")
+
+
+def truncate(text: str, limit: int = 200) -> str:
+    """Shorten untrusted text (a bad message's detail) before it reaches a log line."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more chars)"

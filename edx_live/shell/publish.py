@@ -1,0 +1,108 @@
+"""Subscribers to the service's documents: each is a callable ``(header, arrays) -> None``.
+
+The service emits protocol documents (status, clusters, composition); the
+ZeroMQ publisher, the console printer and the in-memory collector are peers
+that receive the same documents.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import zmq
+from edx_protocol import encode, topic_for
+
+from edx_live.logs import get_logger
+
+log = get_logger("publish")
+
+
+def topic(header) -> bytes:
+    """ZeroMQ topic of a document."""
+    return topic_for(header.kind, getattr(header, "workflow", None))
+
+
+class ZmqPublisher:
+    """Sends each document as ``[topic, header, *buffers]`` on a bound PUB socket.
+
+    Thread-safe: refits and status come from different threads, a ZeroMQ
+    socket must only be used by one at a time.
+    """
+
+    def __init__(self, address: str, context: zmq.Context | None = None):
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        try:
+            self._socket.bind(address)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise OSError(f"cannot bind the result PUB socket to {address}: {exc}; choose another "
+                          f"output address (port * picks a free one)") from None
+        self._lock = threading.Lock()
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def __call__(self, header, arrays: dict[str, np.ndarray] | None = None) -> None:
+        frames = [topic(header)] + encode(header, arrays or {})
+        with self._lock:
+            self._socket.send_multipart(frames, copy=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._socket.close()
+
+
+class Collector:
+    """Keeps every document in memory (offline processing, tests)."""
+
+    def __init__(self):
+        self.documents: list[tuple[object, dict]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, header, arrays: dict[str, np.ndarray] | None = None) -> None:
+        with self._lock:
+            self.documents.append((header, dict(arrays or {})))
+
+    def latest(self, kind: str, workflow: str | None = None):
+        """The last document of a kind (and workflow), or None."""
+        with self._lock:
+            for header, arrays in reversed(self.documents):
+                if header.kind == kind and getattr(header, "workflow", None) == workflow:
+                    return header, arrays
+        return None
+
+
+def format_document(header) -> str:
+    """A few human lines for one document (used by the console printer and the demo)."""
+    if header.kind == "status":
+        rej = sum(header.rejected.values())
+        return (f"[status] {header.acquisition_id} {header.state}: {header.frames} frames, "
+                f"{header.counts} counts, {header.messages} messages, {rej} rejected, "
+                f"{header.gaps.count} missing")
+    if header.kind == "clusters":
+        sizes = ", ".join(f"#{c.label}:{c.pixels}px" for c in header.clusters)
+        return (f"[{header.workflow}] refit {header.refit} at {header.frames} frames / {header.counts} counts: "
+                f"{len(header.clusters)} clusters ({sizes}), noise {header.noise_pixels}px, "
+                f"{header.refit_s:.2f} s")
+    lines = [f"[{header.workflow}] composition (refit {header.refit}, {header.method}, "
+             f"k-factors: {header.kfactor_source}, {header.quantify_s:.2f} s)"]
+    for c in header.clusters:
+        parts = [f"{el} {r.atomic_percent:5.1f}" + (f"±{r.atomic_percent_sigma:.1f}"
+                                                    if r.atomic_percent_sigma is not None else "")
+                 for el, r in c.elements.items()]
+        lines.append(f"    cluster {c.label} ({c.pixels}px): " + ", ".join(parts) + " at%")
+    return "\n".join(lines)
+
+
+class ConsolePrinter:
+    """Prints each document in a few human lines (the demo uses it)."""
+
+    def __init__(self, stream=None, kinds=("clusters", "composition")):
+        self.stream = stream or sys.stdout
+        self.kinds = kinds
+
+    def __call__(self, header, arrays=None) -> None:
+        if header.kind in self.kinds:
+            print(format_document(header), file=self.stream, flush=True)
