@@ -91,9 +91,10 @@ class QuantifySettings(_Section):
     xray_lines: list[str] = Field(default_factory=list, description="Overrides the acquisition's lines.")
     replicas: int = Field(64, ge=0, description="Poisson replicas for the uncertainty (0 = none).")
 
-    @field_validator("kfactors")
+    @field_validator("kfactors", mode="before")
     @classmethod
-    def _known_lines(cls, value: dict[str, float]) -> dict[str, float]:
+    def _known_lines(cls, value) -> dict[str, float]:
+        """Accept a table or ``LINE=VALUE`` strings; check every line exists in exspy's database."""
         return parse_kfactors(value)
 
 

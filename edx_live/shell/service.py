@@ -162,7 +162,7 @@ class Service:
         self.refits += 1
         if final:
             self.finished += 1
-            self.emit_status()
+            self.emit(self.status(final=True))
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
@@ -176,10 +176,10 @@ class Service:
     def emit_status(self) -> None:
         self.emit(self.status())
 
-    def status(self) -> Status:
-        """The current ingest state as a status document."""
+    def status(self, final: bool = False) -> Status:
+        """The current ingest state; ``final`` marks the one sent after an acquisition's last refit."""
         acq = self.ingest.current
-        base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s)
+        base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s, final=final)
         if acq is None:
             return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0,
                           rejected=dict(self.ingest.rejected), **base)

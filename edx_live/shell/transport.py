@@ -48,6 +48,8 @@ class ZmqConnection:
         return self._socket.getsockopt_string(zmq.LAST_ENDPOINT) if self._socket else self.address
 
     def open(self) -> None:
+        if self._socket is not None:
+            return
         sock = self._context.socket(zmq.PULL if self.kind == "pull" else zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)

@@ -1,0 +1,97 @@
+"""One refit: both segmentations of a snapshot, then the composition of every cluster.
+
+:class:`Analyzer` is the callable the service runs in its refit thread. It
+keeps the latest result per workflow so that offline processing can export
+them. It imports no sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edx_live.core.snapshot import Snapshot
+from edx_live.documents import clusters_document, composition_document
+from edx_live.logs import get_logger
+from edx_live.quantify import quantify_clusters, resolve_lines
+from edx_live.segment import PcaGmm, UmapHdbscan, segment
+from edx_live.segment.result import SegmentationResult
+
+log = get_logger("segment")
+qlog = get_logger("quantify")
+
+
+@dataclass
+class WorkflowOutput:
+    """The latest answer of one workflow."""
+
+    snapshot: Snapshot
+    result: SegmentationResult
+    quantification: object | None
+    quantify_seconds: float
+
+
+class Analyzer:
+    """Segment and quantify snapshots with the estimators the settings describe.
+
+    Parameters
+    ----------
+    settings : edx_live.config.Settings
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.latest: dict[str, WorkflowOutput] = {}
+        self.errors = 0
+
+    def estimator(self, workflow: str, n_pixels: int):
+        """A fresh, unfitted estimator for ``workflow``."""
+        if workflow == "pca-gmm":
+            p = self.settings.pca_gmm
+            return PcaGmm(n_components=p.n_components, n_clusters=p.n_clusters, max_components=p.max_components,
+                          max_clusters=p.max_clusters, random_state=p.random_state)
+        p = self.settings.umap_hdbscan
+        min_size = p.min_cluster_size or max(5, round(0.02 * n_pixels))
+        return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors, min_cluster_size=min_size,
+                           random_state=p.random_state)
+
+    def __call__(self, snapshot: Snapshot) -> list:
+        documents = []
+        n_pixels = snapshot.cube.shape[0] * snapshot.cube.shape[1]
+        for workflow in self.settings.refit.workflows:
+            result = segment(snapshot.cube, self.estimator(workflow, n_pixels), workflow)
+            log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
+                     refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
+                     seconds=round(result.fit_seconds, 3))
+            documents.append(clusters_document(snapshot, result))
+            quant, seconds = self._quantify(snapshot, result)
+            self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds)
+            if quant is not None:
+                documents.append(composition_document(snapshot, workflow, quant, seconds))
+        return documents
+
+    def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
+        q = self.settings.quantify
+        start = snapshot.start
+        lines = resolve_lines(q.xray_lines or start.xray_lines, q.elements or start.elements,
+                              start.beam_energy_kev)
+        if not lines:
+            qlog.warning("no_elements", acquisition_id=start.acquisition_id,
+                         hint="name elements in the acquisition start or in [quantify] elements")
+            return None, 0.0
+        missing = [line for line in lines if line not in q.kfactors]
+        if missing:
+            qlog.warning("no_kfactors", acquisition_id=start.acquisition_id, lines=missing,
+                         hint="give them with --kfactor LINE=VALUE or [quantify.kfactors]")
+            return None, 0.0
+        t0 = time.perf_counter()
+        det = start.detectors[0]
+        quant = quantify_clusters(result.spectra, offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev,
+                                  beam_energy_kev=start.beam_energy_kev, xray_lines=lines,
+                                  kfactors={k: q.kfactors[k] for k in lines}, pixels=result.pixels,
+                                  elevation_deg=det.elevation_deg, azimuth_deg=det.azimuth_deg,
+                                  replicas=q.replicas, random_state=0)
+        seconds = time.perf_counter() - t0
+        qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=lines,
+                  seconds=round(seconds, 3))
+        return quant, seconds

@@ -1,0 +1,146 @@
+"""``edx-live``: serve, process a file offline, or run the demo.
+
+Every analysis option can also come from the configuration file (``--config``)
+or the environment (``EDX_LIVE_*``); the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from edx_live.config import ConfigError, load_settings
+from edx_live.logs import configure, get_logger
+
+
+def _kv(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected LINE=VALUE such as Fe_Ka=1.45, got {text!r}")
+    return text
+
+
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("analysis (override the configuration file)")
+    g.add_argument("--config", help="TOML configuration file (see deploy/edx-live.toml)")
+    g.add_argument("--kfactor", action="append", type=_kv, default=[], metavar="LINE=K",
+                   help="Cliff-Lorimer k-factor, repeatable: --kfactor Fe_Ka=1.450226")
+    g.add_argument("--element", action="append", default=[], help="element to quantify, repeatable")
+    g.add_argument("--workflow", action="append", choices=["pca-gmm", "umap-hdbscan"],
+                   help="run only these workflows (repeatable; default both)")
+    g.add_argument("--spatial-bin", type=int, help="pixels per side summed before segmentation (2)")
+    g.add_argument("--energy-min", type=float, metavar="KEV", help="drop channels below this energy")
+    g.add_argument("--energy-max", type=float, metavar="KEV", help="drop channels above this energy")
+    g.add_argument("--energy-rebin", type=int, help="detector channels summed per channel (1)")
+    g.add_argument("--n-clusters", type=int, help="pca-gmm: fixed number of clusters (default: lowest BIC)")
+    g.add_argument("--n-components", type=int, help="pca-gmm: fixed PCA components (default: scree change point)")
+    g.add_argument("--min-cluster-size", type=int, help="umap-hdbscan: smallest feature, in binned pixels")
+    g.add_argument("--log-format", choices=["console", "json"])
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Command-line values as a nested settings dict, leaving out what was not given."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    tree = {
+        "input": {"address": get("input"), "socket": get("input_socket"), "bind": get("bind")},
+        "output": {"address": get("output")},
+        "accumulate": {"spatial_bin": get("spatial_bin"), "energy_min_kev": get("energy_min"),
+                       "energy_max_kev": get("energy_max"), "energy_rebin": get("energy_rebin")},
+        "refit": {"interval_s": get("refit_interval"), "every_frames": get("refit_every_frames"),
+                  "workflows": get("workflow")},
+        "pca_gmm": {"n_clusters": get("n_clusters"), "n_components": get("n_components")},
+        "umap_hdbscan": {"min_cluster_size": get("min_cluster_size")},
+        "quantify": {"kfactors": list(get("kfactor") or []) or None, "elements": get("element") or None},
+        "log_format": get("log_format"), "log_level": get("log_level"),
+    }
+    prune = lambda d: {k: prune(v) if isinstance(v, dict) else v for k, v in d.items()  # noqa: E731
+                       if v is not None and (not isinstance(v, dict) or prune(v))}
+    return prune(tree)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edx-live", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="receive frames over ZeroMQ and publish results")
+    serve.add_argument("--input", help="input endpoint (tcp://127.0.0.1:5556)")
+    serve.add_argument("--input-socket", choices=["pull", "sub"], help="PULL (default) or SUB")
+    serve.add_argument("--bind", action=argparse.BooleanOptionalAction, default=None,
+                       help="bind the input socket (default: PULL binds, SUB connects)")
+    serve.add_argument("--output", help="result PUB endpoint (tcp://127.0.0.1:5557)")
+    serve.add_argument("--refit-interval", type=float, metavar="S", help="seconds between refits (5)")
+    serve.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
+    serve.add_argument("--acquisitions", type=int, metavar="N", help="exit after N acquisitions")
+    _analysis_options(serve)
+    proc = sub.add_parser("process", help="run the pipeline over a file and write results")
+    proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image")
+    proc.add_argument("--out", required=True, help="output folder")
+    proc.add_argument("--frames", type=int, help="sweeps to replay (dense files are split by thinning)")
+    proc.add_argument("--chunk-pixels", type=int, help="pixels per message")
+    proc.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
+    _analysis_options(proc)
+    demo = sub.add_parser("demo", help="live loop over loopback sockets on the bundled FePt dataset")
+    demo.add_argument("--frames", type=int, default=16)
+    demo.add_argument("--interval", type=float, default=0.25, help="seconds between sweeps")
+    return parser
+
+
+def _serve(settings, args) -> int:
+    from edx_live.analysis import Analyzer
+    from edx_live.segment import warm_up
+    from edx_live.shell.publish import ZmqPublisher
+    from edx_live.shell.service import Service
+    from edx_live.shell.transport import ZmqConnection
+
+    log = get_logger("service")
+    warm_up()
+    inp = settings.input
+    connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark)
+    connection.open()
+    publisher = ZmqPublisher(settings.output.address)
+    service = Service(settings, connection, [publisher], Analyzer(settings))
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: service.stop())
+    log.info("serving", input=connection.endpoint, input_socket=inp.socket, output=publisher.endpoint)
+    service.run(stop_after=args.acquisitions)
+    publisher.close()
+    return 0
+
+
+def _process(settings, args) -> int:
+    from edx_live.shell.offline import process_file
+    from edx_live.shell.publish import ConsolePrinter
+
+    summary = process_file(args.file, args.out, settings, frames=args.frames, chunk_pixels=args.chunk_pixels,
+                           refit_every=args.refit_every_frames, subscribers=[ConsolePrinter()])
+    print(f"wrote {args.out}/summary.json and {len(summary['files'])} HyperSpy files "
+          f"in {summary['timings']['total_s']:.1f} s")
+    return 0
+
+
+def _demo(args) -> int:
+    from edx_live.shell.demo import run_demo
+
+    configure("console", "warning")
+    seconds = run_demo(frames=args.frames, interval_s=args.interval)
+    print(f"demo finished in {seconds:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        settings = load_settings(args.config, _overrides(args))
+        configure(settings.log_format, settings.log_level)
+        return _serve(settings, args) if args.command == "serve" else _process(settings, args)
+    except (ConfigError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"edx-live {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Build the published documents from a refit's results. Pure: protocol models in, protocol models out."""
+
+from __future__ import annotations
+
+import numpy as np
+from edx_protocol import NOISE_LABEL, ClusterInfo, Clusters, Composition, describe
+
+from edx_live.core.snapshot import Snapshot
+from edx_live.segment.result import SegmentationResult
+
+
+def _common(snapshot: Snapshot) -> dict:
+    return dict(acquisition_id=snapshot.start.acquisition_id, seq=0, frames=snapshot.frames,
+                counts=snapshot.counts, refit=snapshot.refit, final=snapshot.final)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return [float(v) for v in value.ravel()]
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    return value
+
+
+def clusters_document(snapshot: Snapshot, result: SegmentationResult) -> tuple[Clusters, dict]:
+    """The ``clusters/<workflow>`` document: label map, cluster-sum spectra, what was chosen."""
+    labels = np.where(result.labels < 0, NOISE_LABEL, result.labels).astype(np.uint16)
+    arrays = {"labels": labels, "spectra": np.rint(result.spectra).astype(np.uint64)}
+    if result.confidence is not None:
+        arrays["confidence"] = np.asarray(result.confidence, dtype=np.float32)
+    clusters = [ClusterInfo(label=i, pixels=int(result.pixels[i]), counts=int(round(result.spectra[i].sum())))
+                for i in range(result.n_clusters)]
+    header = Clusters(**_common(snapshot), workflow=result.workflow, refit_s=result.fit_seconds,
+                      bin_factor=snapshot.bin_factor, energy_offset_kev=snapshot.offset_kev,
+                      energy_scale_kev=snapshot.scale_kev, clusters=clusters,
+                      noise_pixels=result.noise_pixels,
+                      choices={k: _jsonable(v) for k, v in result.choices.items()},
+                      arrays=describe(arrays))
+    return header, arrays
+
+
+def composition_document(snapshot: Snapshot, workflow: str, quant, seconds: float) -> tuple[Composition, dict]:
+    """The ``composition/<workflow>`` document from a quantification result."""
+    header = Composition(**_common(snapshot), workflow=workflow, quantify_s=seconds, method=quant.method,
+                         kfactor_source=quant.kfactor_source, kfactors=quant.kfactors,
+                         xray_lines=list(quant.xray_lines), clusters=quant.clusters)
+    return header, {}

@@ -1,0 +1,133 @@
+"""``edx-live demo``: the whole live loop over real loopback sockets on the bundled dataset.
+
+Starts the service (PULL in, PUB out, both on free ports), a subscriber that
+prints every update, and a producer that replays ``core_shell.hspy`` as a live
+acquisition; returns once the final refit has been printed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import zmq
+from edx_protocol import decode_result
+
+from edx_live.analysis import Analyzer
+from edx_live.config import load_settings
+from edx_live.logs import get_logger
+
+from .publish import ZmqPublisher, format_document
+from .service import Service
+from .transport import ZmqConnection
+
+log = get_logger("service")
+
+#: k-factors of the bundled FePt data (exspy documentation example).
+DEMO_KFACTORS = {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
+
+
+def bundled_dataset() -> Path:
+    """Path of the packaged ``core_shell.hspy``."""
+    return Path(str(resources.files("edx_live") / "data" / "core_shell.hspy"))
+
+
+def demo_settings(overrides: dict | None = None):
+    base = {"input": {"address": "tcp://127.0.0.1:*", "socket": "pull", "bind": True},
+            "output": {"address": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
+            "refit": {"interval_s": 2.0},
+            "quantify": {"kfactors": DEMO_KFACTORS}}
+    for key, value in (overrides or {}).items():
+        base.setdefault(key, {}).update(value)
+    return load_settings(overrides=base)
+
+
+class _Thread(threading.Thread):
+    """A thread that keeps its exception for the caller."""
+
+    def __init__(self, target, name):
+        super().__init__(name=name, daemon=True)
+        self._target_fn, self.error = target, None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:
+            self.error = exc
+
+
+def _wait_for_status(sub: zmq.Socket, timeout_s: float) -> None:
+    """Block until the first status arrives, so the subscription is live before data flows."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sub.poll(100):
+            frames = sub.recv_multipart()
+            if frames[0] == b"status":
+                return
+    raise TimeoutError("no status from the service: the result socket did not connect")
+
+
+def _produce(endpoint: str, frames: int, interval_s: float, context: zmq.Context) -> None:
+    from edx_adapters.producer import send_replay
+    from edx_adapters.replay import open_replay
+
+    push = context.socket(zmq.PUSH)
+    push.connect(endpoint)
+    try:
+        send_replay(open_replay(bundled_dataset(), frames=frames), push, interval_s=interval_s)
+    finally:
+        push.close(linger=5000)
+
+
+def run_demo(frames: int = 16, interval_s: float = 0.25, out=None, timeout_s: float = 600.0) -> float:
+    """Run the demo; print updates to ``out``; return the wall time in seconds."""
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    settings = demo_settings()
+    context = zmq.Context.instance()
+    connection = ZmqConnection(settings.input.address, "pull", bind=True, context=context)
+    connection.open()
+    publisher = ZmqPublisher(settings.output.address, context)
+    service = Service(settings, connection, [publisher], Analyzer(settings))
+    server = _Thread(lambda: service.run(stop_after=1), "edx-live-service")
+    sub = context.socket(zmq.SUB)
+    sub.connect(publisher.endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    server.start()
+    try:
+        _wait_for_status(sub, 30.0)
+        print(f"edx_live demo: service in {connection.endpoint}, results on {publisher.endpoint}; "
+              f"replaying {bundled_dataset().name} as {frames} frames", file=out, flush=True)
+        producer = _Thread(lambda: _produce(connection.endpoint, frames, interval_s, context), "edx-live-producer")
+        producer.start()
+        _print_until_final(sub, server, out, timeout_s)
+        producer.join()
+        for thread in (producer, server):
+            if thread.error is not None:
+                raise thread.error
+    finally:
+        service.stop()
+        server.join(timeout=30)
+        sub.close(linger=0)
+        publisher.close()
+    return time.perf_counter() - t0
+
+
+def _print_until_final(sub: zmq.Socket, server: _Thread, out, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.error is not None:
+            raise server.error
+        if not sub.poll(200):
+            continue
+        frames = sub.recv_multipart(copy=False)
+        header, _ = decode_result(frames[1:])
+        if header.kind != "status":
+            print(format_document(header), file=out, flush=True)
+        elif header.final:
+            print(format_document(header), file=out, flush=True)
+            return
+    raise TimeoutError(f"the final update did not arrive within {timeout_s} s")

@@ -1,0 +1,70 @@
+"""``summary.json``: the final answer of an offline run, documented in protocol/SUMMARY.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edx_protocol import PROTOCOL_VERSION
+
+import edx_live
+
+SUMMARY_VERSION = 1
+
+
+def _composition(quant, label: int) -> dict | None:
+    if quant is None:
+        return None
+    for cluster in quant.clusters:
+        if cluster.label == label:
+            return {el: r.model_dump() for el, r in cluster.elements.items()}
+    return None
+
+
+def _workflow(output) -> dict:
+    result, quant = output.result, output.quantification
+    clusters = [{"label": i, "pixels": int(result.pixels[i]), "counts": int(round(result.spectra[i].sum())),
+                 "composition": _composition(quant, i)} for i in range(result.n_clusters)]
+    return {
+        "n_clusters": result.n_clusters,
+        "noise_pixels": result.noise_pixels,
+        "bin_factor": output.snapshot.bin_factor,
+        "choices": result.choices,
+        "segment_s": round(result.fit_seconds, 4),
+        "quantify_s": round(output.quantify_seconds, 4),
+        "method": getattr(quant, "method", None),
+        "kfactor_source": getattr(quant, "kfactor_source", None),
+        "kfactors": getattr(quant, "kfactors", None),
+        "xray_lines": list(getattr(quant, "xray_lines", []) or []),
+        "clusters": clusters,
+    }
+
+
+def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: dict) -> dict:
+    """Assemble the summary of one processed acquisition."""
+    start, acc = acq.start, acq.accumulator
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "protocol": PROTOCOL_VERSION,
+        "edx_live_version": edx_live.__version__,
+        "source": str(source),
+        "acquisition": {
+            "acquisition_id": start.acquisition_id,
+            "title": start.title,
+            "scan_shape": list(start.scan_shape),
+            "frames": acq.frames,
+            "counts": acc.counts,
+            "events": acc.events,
+            "energy_offset_kev": acc.selection.offset_kev,
+            "energy_scale_kev": acc.selection.scale_kev,
+            "channels": acc.selection.channels,
+            "beam_energy_kev": start.beam_energy_kev,
+            "elements": list(start.elements),
+            "xray_lines": list(start.xray_lines),
+            "messages": acq.messages,
+            "rejected": dict(acq.rejected),
+            "missing_messages": acq.missing,
+        },
+        "workflows": {name: _workflow(out) for name, out in latest.items()},
+        "timings": {"total_s": round(elapsed_s, 3), "refits": service.refits},
+        "files": {k: Path(v).name for k, v in files.items()},
+    }

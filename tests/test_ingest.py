@@ -1,0 +1,114 @@
+"""Ingest state machine: sequences, gaps, several acquisitions, and bad input that changes nothing."""
+
+import msgpack
+import numpy as np
+import pytest
+from edx_protocol import Detector, EnergyAxis, EventsFrame, Start, Stop, describe, encode
+
+from edx_live.core.ingest import Ingest
+
+SHAPE, CH = (4, 6), 32
+
+
+def start(aid="acq-1", seq=0):
+    return Start(acquisition_id=aid, seq=seq, scan_shape=SHAPE, beam_energy_kev=200.0,
+                 energy_axis=EnergyAxis(offset_kev=0.0, scale_kev=0.01, channels=CH),
+                 detectors=[Detector(elevation_deg=18.0, azimuth_deg=45.0)])
+
+
+def events(seq, pixel, channel, aid="acq-1", frame_index=0):
+    arrays = {"pixel": np.asarray(pixel, np.uint32), "channel": np.asarray(channel, np.uint16)}
+    return encode(EventsFrame(acquisition_id=aid, seq=seq, frame_index=frame_index, arrays=describe(arrays)),
+                  arrays)
+
+
+def stop(seq, aid="acq-1", frames=1):
+    return encode(Stop(acquisition_id=aid, seq=seq, frames=frames))
+
+
+@pytest.fixture
+def ingest():
+    ing = Ingest()
+    assert ing.receive(encode(start())).kind == "start"
+    rng = np.random.default_rng(0)
+    ing.receive(events(1, rng.integers(0, 24, 300), rng.integers(0, CH, 300)))
+    return ing
+
+
+def _bytes(frames):
+    return [bytes(f) for f in frames]
+
+
+def _malformed():
+    good = _bytes(events(2, [1, 2, 3], [4, 5, 6]))
+    header = msgpack.unpackb(good[0])
+    wrong_version = msgpack.packb({**header, "protocol": 2})
+    bad_shape = msgpack.packb({**header, "arrays": [{**a, "shape": [4]} for a in header["arrays"]]})
+    bad_dtype = msgpack.packb({**header, "arrays": [{**header["arrays"][0], "dtype": "<u2"}, header["arrays"][1]]})
+    return {
+        "garbage": ([b"\x00\xffnot msgpack at all"], "not_msgpack"),
+        "wrong version": ([wrong_version] + good[1:], "version"),
+        "truncated buffer": ([good[0], good[1][:-2], good[2]], "buffer_size"),
+        "missing buffer": (good[:2], "buffer_count"),
+        "shape larger than the buffer": ([bad_shape] + good[1:], "buffer_size"),
+        "dtype not allowed for the array": ([bad_dtype] + good[1:], "schema"),
+        "pixel outside the scan": (_bytes(events(2, [24], [0])), "pixel_out_of_range"),
+        "channel outside the axis": (_bytes(events(2, [0], [CH])), "channel_out_of_range"),
+        "unknown acquisition": (_bytes(events(2, [0], [0], aid="other")), "unknown_acquisition"),
+        "duplicate seq": (_bytes(events(1, [0], [0])), "duplicate_seq"),
+        "empty": ([], "empty"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_malformed()))
+def test_malformed_message_is_counted_dropped_and_changes_nothing(ingest, case):
+    frames, reason = _malformed()[case]
+    acq = ingest.current
+    before, counts, messages = acq.accumulator.cube.copy(), acq.accumulator.counts, acq.messages
+    outcome = ingest.receive(frames)
+    assert (outcome.kind, outcome.reason) == ("rejected", reason)
+    assert ingest.rejected[reason] == 1
+    np.testing.assert_array_equal(acq.accumulator.cube, before)
+    assert (acq.accumulator.counts, acq.messages) == (counts, messages)
+    # and the acquisition goes on
+    assert ingest.receive(events(2, [5], [7])).kind == "frame"
+    assert acq.accumulator.cube[0, 5, 7] == before[0, 5, 7] + 1
+
+
+def test_gaps_are_counted_and_reported_by_range(ingest):
+    out = ingest.receive(events(5, [0], [0]))
+    assert out.gap == (2, 4)
+    ingest.receive(events(6, [0], [0]))
+    out = ingest.receive(events(9, [0], [0]))
+    assert out.gap == (7, 8)
+    acq = ingest.current
+    assert acq.missing == 5 and acq.gap_ranges == [(2, 4), (7, 8)]
+    assert ingest.receive(events(3, [0], [0])).reason == "duplicate_seq"  # late arrivals are not re-added
+
+
+def test_stop_then_new_acquisition_starts_fresh(ingest):
+    first = ingest.current
+    assert ingest.receive(stop(2, frames=3)).kind == "stop"
+    assert first.state == "stopped" and first.frames == 3
+    assert ingest.receive(events(3, [0], [0])).reason == "unknown_acquisition"
+    assert ingest.receive(encode(start("acq-2"))).kind == "start"
+    second = ingest.current
+    assert second is not first and second.accumulator.counts == 0
+    ingest.receive(events(1, [3], [3], aid="acq-2", frame_index=4))
+    assert second.accumulator.counts == 1 and second.frames == 5
+    assert first.accumulator.counts == 300  # the finished one is untouched
+
+
+def test_start_of_a_new_acquisition_replaces_an_unfinished_one(ingest):
+    out = ingest.receive(encode(start("acq-2")))
+    assert out.replaced == "acq-1"
+    assert ingest.current.acquisition_id == "acq-2"
+    assert ingest.receive(encode(start("acq-2"))).reason == "duplicate_seq"
+
+
+def test_energy_selection_that_keeps_nothing_rejects_the_start():
+    from edx_live.core.ingest import AccumulateSettings
+
+    ing = Ingest(AccumulateSettings(energy_min_kev=50.0))
+    out = ing.receive(encode(start()))
+    assert out.reason == "energy_range" and ing.current is None
