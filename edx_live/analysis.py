@@ -73,11 +73,17 @@ class Analyzer:
     def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
         q = self.settings.quantify
         start = snapshot.start
-        lines = resolve_lines(q.xray_lines or start.xray_lines, q.elements or start.elements,
-                              start.beam_energy_kev)
-        if not lines:
-            qlog.warning("no_elements", acquisition_id=start.acquisition_id,
-                         hint="name elements in the acquisition start or in [quantify] elements")
+        try:
+            lines = resolve_lines(q.xray_lines or start.xray_lines, q.elements or start.elements,
+                                  start.beam_energy_kev, offset_kev=snapshot.offset_kev,
+                                  scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1])
+        except ValueError as exc:
+            qlog.warning("no_lines", acquisition_id=start.acquisition_id, error=str(exc))
+            return None, 0.0
+        if len(lines) < 2:
+            qlog.warning("too_few_lines", acquisition_id=start.acquisition_id, lines=lines,
+                         hint="Cliff-Lorimer needs two lines or more: name elements in the acquisition "
+                              "start or in [quantify] elements")
             return None, 0.0
         missing = [line for line in lines if line not in q.kfactors]
         if missing:
@@ -90,6 +96,7 @@ class Analyzer:
                                   beam_energy_kev=start.beam_energy_kev, xray_lines=lines,
                                   kfactors={k: q.kfactors[k] for k in lines}, pixels=result.pixels,
                                   elevation_deg=det.elevation_deg, azimuth_deg=det.azimuth_deg,
+                                  energy_resolution_ev=det.energy_resolution_mnka_ev,
                                   replicas=q.replicas, random_state=0)
         seconds = time.perf_counter() - t0
         qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=lines,
