@@ -8,7 +8,7 @@ generated from them (``python -m edx_protocol.generate``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,7 +20,56 @@ UNSIGNED_DTYPES = ("|u1", "<u2", "<u4", "<u8")
 #: Velox SpectrumStream marker that closes a pixel's list of channels.
 VELOX_NEXT_PIXEL = 65535
 
-AcquisitionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+#: Header fields that have a Python default but that every peer must put on the wire.
+WIRE_REQUIRED = ("protocol", "kind", "payload")
+
+AcquisitionId = Annotated[str, Field(
+    min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+    description="Identifies one acquisition; every message of it carries the same id.")]
+
+
+class ArraySpec(NamedTuple):
+    """What a message kind allows for one named array: dtypes, number of dimensions, optional."""
+
+    dtypes: tuple[str, ...]
+    ndim: int
+    optional: bool = False
+
+
+def _wire_json_schema(schema: dict, cls: type) -> None:
+    """Complete a message's JSON Schema with what pydantic cannot infer.
+
+    Marks the ``WIRE_REQUIRED`` fields as required (the codec and the
+    discriminated unions need them on the wire even though Python fills them
+    in), and ``arrays`` too when ``cls.ARRAYS`` names a required array, whose
+    rules it adds to the ``arrays`` property.
+    """
+    properties = schema.get("properties", {})
+    spec = getattr(cls, "ARRAYS", None)
+    required = set(schema.get("required", [])) | (set(WIRE_REQUIRED) & set(properties))
+    if spec and not all(s.optional for s in spec.values()):
+        required.add("arrays")
+    schema["required"] = [name for name in properties if name in required]
+    if spec:
+        arrays = properties["arrays"]
+        extra = arrays_json_schema(spec)
+        arrays["items"].update(extra.pop("items"))  # keep pydantic's $ref to ArrayDescriptor
+        arrays.update(extra)
+
+
+def arrays_json_schema(spec: dict[str, ArraySpec]) -> dict:
+    """JSON Schema keywords for an ``arrays`` list that follows ``spec``.
+
+    Each descriptor must be one of the named arrays with an allowed dtype and
+    rank; each name appears once, required ones at least once.
+    """
+    allowed = [{"properties": {"name": {"const": name}, "dtype": {"enum": list(s.dtypes)},
+                               "shape": {"minItems": s.ndim, "maxItems": s.ndim}}}
+               for name, s in spec.items()]
+    counts = [{"contains": {"properties": {"name": {"const": name}}, "required": ["name"]},
+               "minContains": 0 if s.optional else 1, "maxContains": 1}
+              for name, s in spec.items()]
+    return {"items": {"anyOf": allowed}, "allOf": counts, "maxItems": len(spec)}
 
 
 class _Model(BaseModel):
@@ -30,31 +79,66 @@ class _Model(BaseModel):
 class ArrayDescriptor(_Model):
     """Names one raw buffer that follows the header, in order."""
 
-    name: str
-    dtype: Literal["|u1", "<u2", "<u4", "<u8", "<f4", "<f8"]
-    shape: list[Annotated[int, Field(ge=0)]]
+    name: str = Field(description="Name of the array; which names a message allows depends on its kind.")
+    dtype: Literal["|u1", "<u2", "<u4", "<u8", "<f4", "<f8"] = Field(
+        description="Element type as a numpy dtype string: u = unsigned integer, f = IEEE float, "
+                    "digit = bytes per element, < = little-endian, | = single byte.")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        description="Dimensions in C order (last index varies fastest); the buffer holds "
+                    "product(shape) * itemsize bytes.")
+
+
+def check_arrays(arrays: list[ArrayDescriptor], spec: dict[str, ArraySpec]) -> dict[str, ArrayDescriptor]:
+    """Check a message's arrays against ``spec`` (names, dtypes, ranks); return them by name.
+
+    Raises
+    ------
+    ValueError
+        When a name repeats, a required array is missing, an unknown one is
+        present, or a dtype or rank is not allowed.
+    """
+    by_name = {a.name: a for a in arrays}
+    if len(by_name) != len(arrays):
+        raise ValueError("array names must be unique")
+    optional = sorted(name for name, s in spec.items() if s.optional)
+    missing = {name for name, s in spec.items() if not s.optional} - set(by_name)
+    unknown = set(by_name) - set(spec)
+    if missing or unknown:
+        raise ValueError(f"arrays must be {sorted(spec)} (optional {optional}); "
+                         f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    for name, desc in by_name.items():
+        dtypes, ndim, _ = spec[name]
+        if desc.dtype not in dtypes:
+            raise ValueError(f"array {name!r} must have dtype in {dtypes}, got {desc.dtype}")
+        if len(desc.shape) != ndim:
+            raise ValueError(f"array {name!r} must have {ndim} dimension(s), got shape {desc.shape}")
+    return by_name
 
 
 class EnergyAxis(_Model):
     """Calibration of the detector channels: E(channel i) = offset + i * scale, in keV."""
 
-    offset_kev: float
-    scale_kev: float = Field(gt=0)
-    channels: int = Field(gt=0, le=65534)
+    offset_kev: float = Field(description="Energy of channel 0, in keV (may be negative).")
+    scale_kev: float = Field(gt=0, description="Channel width, in keV.")
+    channels: int = Field(gt=0, le=65534, description="Number of channels; valid channel indices are "
+                                                      "0 .. channels-1.")
 
 
 class Detector(_Model):
     """One X-ray detector (a Super-X system has four)."""
 
     name: str | None = None
-    elevation_deg: float = Field(ge=-90, le=90)
-    azimuth_deg: float = Field(ge=-360, le=360)
-    energy_resolution_mnka_ev: float | None = Field(default=None, gt=0)
-    solid_angle_sr: float | None = Field(default=None, gt=0)
+    elevation_deg: float = Field(ge=-90, le=90, description="Take-off (elevation) angle, in degrees.")
+    azimuth_deg: float = Field(ge=-360, le=360, description="Azimuth angle, in degrees.")
+    energy_resolution_mnka_ev: float | None = Field(
+        default=None, gt=0, description="Energy resolution (FWHM) at Mn Ka, in eV.")
+    solid_angle_sr: float | None = Field(default=None, gt=0, description="Collection solid angle, in sr.")
 
 
 class _Header(_Model):
-    protocol: Literal[1] = PROTOCOL_VERSION
+    model_config = ConfigDict(json_schema_extra=_wire_json_schema)
+
+    protocol: Literal[1] = Field(default=PROTOCOL_VERSION, description="Wire protocol version.")
     acquisition_id: AcquisitionId
     seq: int = Field(ge=0, description="Message counter within the acquisition; start is 0.")
 
@@ -67,59 +151,53 @@ class Start(_Header):
         description="(rows, columns) of the scan; pixel index = row * columns + column."
     )
     energy_axis: EnergyAxis
-    beam_energy_kev: float = Field(gt=0, le=2000)
-    detectors: list[Detector] = Field(min_length=1, max_length=255)
-    pixel_size: float | None = Field(default=None, gt=0)
-    pixel_unit: str = "nm"
-    dwell_time_s: float | None = Field(default=None, gt=0)
-    expected_frames: int | None = Field(default=None, gt=0)
-    elements: list[str] = Field(default_factory=list)
-    xray_lines: list[str] = Field(default_factory=list)
+    beam_energy_kev: float = Field(gt=0, le=2000, description="Primary beam energy, in keV.")
+    detectors: list[Detector] = Field(
+        min_length=1, max_length=255,
+        description="The detectors; a frame's detector index is a position in this list.")
+    pixel_size: float | None = Field(default=None, gt=0, description="Scan step, in pixel_unit.")
+    pixel_unit: str = Field(default="nm", description="Unit of pixel_size, e.g. nm.")
+    dwell_time_s: float | None = Field(default=None, gt=0,
+                                       description="Beam dwell time per pixel and sweep, in s.")
+    expected_frames: int | None = Field(default=None, gt=0, description="Sweeps planned, if known.")
+    elements: list[str] = Field(default_factory=list, description="Element symbols to quantify, e.g. Fe.")
+    xray_lines: list[str] = Field(default_factory=list,
+                                  description="X-ray lines to quantify, HyperSpy style, e.g. Fe_Ka.")
     instrument: str | None = None
     title: str | None = None
-    arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0)
+    arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
+                                          description="Always empty: a start carries no buffer.")
 
     @property
     def n_pixels(self) -> int:
         return self.scan_shape[0] * self.scan_shape[1]
 
 
-def _check_arrays(arrays: list[ArrayDescriptor], expected: dict[str, tuple[tuple[str, ...], int]],
-                  optional: tuple[str, ...] = ()) -> dict[str, ArrayDescriptor]:
-    """Check names, dtypes and ranks of a frame's arrays; return them by name."""
-    by_name = {a.name: a for a in arrays}
-    if len(by_name) != len(arrays):
-        raise ValueError("array names must be unique")
-    missing = set(expected) - set(optional) - set(by_name)
-    unknown = set(by_name) - set(expected)
-    if missing or unknown:
-        raise ValueError(f"arrays must be {sorted(expected)} (optional {sorted(optional)}); "
-                         f"missing {sorted(missing)}, unknown {sorted(unknown)}")
-    for name, desc in by_name.items():
-        dtypes, ndim = expected[name]
-        if desc.dtype not in dtypes:
-            raise ValueError(f"array {name!r} must have dtype in {dtypes}, got {desc.dtype}")
-        if len(desc.shape) != ndim:
-            raise ValueError(f"array {name!r} must have {ndim} dimension(s), got shape {desc.shape}")
-    return by_name
-
-
 class _FrameHeader(_Header):
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {}
+
     kind: Literal["frame"] = "frame"
     frame_index: int = Field(ge=0, description="Which sweep of the scan these counts belong to.")
-    arrays: list[ArrayDescriptor]
+    arrays: list[ArrayDescriptor] = Field(description="The buffers that follow the header, in order.")
+
+    @model_validator(mode="after")
+    def _arrays_follow_spec(self) -> "_FrameHeader":
+        check_arrays(self.arrays, self.ARRAYS)
+        return self
 
 
 class EventsFrame(_FrameHeader):
     """A list of X-ray events: ``pixel`` (<u4), ``channel`` (<u2), optional ``detector`` (|u1)."""
 
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "pixel": ArraySpec(("<u4",), 1), "channel": ArraySpec(("<u2",), 1),
+        "detector": ArraySpec(("|u1",), 1, optional=True)}
+
     payload: Literal["events"] = "events"
 
     @model_validator(mode="after")
-    def _arrays_match(self) -> "EventsFrame":
-        by_name = _check_arrays(self.arrays, {"pixel": (("<u4",), 1), "channel": (("<u2",), 1),
-                                              "detector": (("|u1",), 1)}, optional=("detector",))
-        lengths = {d.shape[0] for d in by_name.values()}
+    def _equal_lengths(self) -> "EventsFrame":
+        lengths = {d.shape[0] for d in self.arrays}
         if len(lengths) != 1:
             raise ValueError(f"event arrays must have equal lengths, got {sorted(lengths)}")
         return self
@@ -131,35 +209,31 @@ class VeloxFrame(_FrameHeader):
     The first value belongs to pixel ``pixel_start``; every 65535 advances one pixel.
     """
 
-    payload: Literal["velox"] = "velox"
-    pixel_start: int = Field(ge=0)
-    detector: int | None = Field(default=None, ge=0, le=254)
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"stream": ArraySpec(("<u2",), 1)}
 
-    @model_validator(mode="after")
-    def _arrays_match(self) -> "VeloxFrame":
-        _check_arrays(self.arrays, {"stream": (("<u2",), 1)})
-        return self
+    payload: Literal["velox"] = "velox"
+    pixel_start: int = Field(ge=0, description="Pixel the first value of the stream belongs to.")
+    detector: int | None = Field(default=None, ge=0, le=254,
+                                 description="Index into start.detectors; null for a summed stream.")
 
 
 class DenseFrame(_FrameHeader):
     """A block of whole spectra: ``counts`` (n_pixels, channels) for pixels from ``pixel_start`` on."""
 
-    payload: Literal["dense"] = "dense"
-    pixel_start: int = Field(ge=0)
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"counts": ArraySpec(UNSIGNED_DTYPES, 2)}
 
-    @model_validator(mode="after")
-    def _arrays_match(self) -> "DenseFrame":
-        _check_arrays(self.arrays, {"counts": (UNSIGNED_DTYPES, 2)})
-        return self
+    payload: Literal["dense"] = "dense"
+    pixel_start: int = Field(ge=0, description="Pixel of the first row of counts.")
 
 
 class Stop(_Header):
     """Closes an acquisition. ``frames`` is the number of sweeps the producer completed."""
 
     kind: Literal["stop"] = "stop"
-    frames: int = Field(ge=0)
+    frames: int = Field(ge=0, description="Sweeps the producer completed.")
     reason: Literal["complete", "aborted"] = "complete"
-    arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0)
+    arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
+                                          description="Always empty: a stop carries no buffer.")
 
 
 Frame = Annotated[Union[EventsFrame, VeloxFrame, DenseFrame], Field(discriminator="payload")]

@@ -9,6 +9,7 @@ that need the acquisition (pixel inside the scan) belong to the receiver.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -34,6 +35,8 @@ class ProtocolError(ValueError):
 
 
 class Decoded(NamedTuple):
+    """A decoded message: its header model and its arrays by name (read-only views of the frames)."""
+
     header: Any
     arrays: dict[str, np.ndarray]
 
@@ -62,7 +65,9 @@ def encode(header, arrays: dict[str, np.ndarray] | None = None) -> list[bytes | 
     if list(header.arrays) != describe(arrays):
         raise ValueError("header.arrays does not describe the arrays given; build it with describe()")
     doc = header.model_dump(mode="json")
-    return [msgpack.packb(doc, use_bin_type=True)] + [memoryview(_wire(a)).cast("B") for a in arrays.values()]
+    # reshape(-1): memoryview cannot cast a multi-dimensional view with a zero in its shape
+    return [msgpack.packb(doc, use_bin_type=True)] + [memoryview(_wire(a).reshape(-1)).cast("B")
+                                                      for a in arrays.values()]
 
 
 def _buffer(frame) -> memoryview:
@@ -90,7 +95,7 @@ def _arrays(descriptors: Sequence[ArrayDescriptor], frames: Sequence) -> dict[st
     for desc, frame in zip(descriptors, frames):
         buf = _buffer(frame)
         dtype = np.dtype(desc.dtype)
-        expected = int(np.prod(desc.shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(desc.shape) * dtype.itemsize  # exact: np.prod could overflow and wrap
         if buf.nbytes != expected:
             raise ProtocolError("buffer_size", f"array {desc.name!r} {desc.dtype}{desc.shape} needs "
                                                f"{expected} bytes, got {buf.nbytes}")

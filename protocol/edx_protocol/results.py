@@ -7,11 +7,11 @@ receive one kind for every workflow.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
-from .acquisition import AcquisitionId, ArrayDescriptor, _Model
+from .acquisition import AcquisitionId, ArrayDescriptor, ArraySpec, _Model, _wire_json_schema, check_arrays
 from .version import PROTOCOL_VERSION
 
 WORKFLOWS = ("pca-gmm", "umap-hdbscan")
@@ -30,12 +30,18 @@ def topic_for(kind: str, workflow: str | None = None) -> bytes:
 
 
 class _Document(_Model):
-    protocol: Literal[1] = PROTOCOL_VERSION
-    acquisition_id: AcquisitionId | None
+    model_config = ConfigDict(json_schema_extra=_wire_json_schema)
+
+    protocol: Literal[1] = Field(default=PROTOCOL_VERSION, description="Wire protocol version.")
+    acquisition_id: AcquisitionId | None = Field(description="The acquisition; null when there is none.")
     seq: int = Field(ge=0, description="Counter of documents on this topic since the service started.")
     frames: int = Field(ge=0, description="Sweeps completed so far in this acquisition.")
     counts: int = Field(ge=0, description="X-ray counts accumulated so far.")
-    arrays: list[ArrayDescriptor] = Field(default_factory=list)
+    final: bool = Field(default=False, description=(
+        "True on the documents of the last refit after the acquisition stopped (all of its counts) "
+        "and on the status sent after that refit."))
+    arrays: list[ArrayDescriptor] = Field(default_factory=list,
+                                          description="The buffers that follow the header, in order.")
 
 
 class Gaps(_Model):
@@ -52,10 +58,10 @@ class Status(_Document):
     messages: int = Field(ge=0, description="Messages accepted for this acquisition.")
     rejected: dict[str, int] = Field(default_factory=dict, description="Dropped messages by reason.")
     gaps: Gaps = Field(default_factory=Gaps)
-    refits: int = Field(ge=0)
-    last_refit_s: float | None = None
-    scan_shape: tuple[int, int] | None = None
-    expected_frames: int | None = None
+    refits: int = Field(ge=0, description="Refits the service has completed.")
+    last_refit_s: float | None = Field(default=None, description="Wall time of the last refit, in s.")
+    scan_shape: tuple[int, int] | None = Field(default=None, description="(rows, columns) from the start.")
+    expected_frames: int | None = Field(default=None, description="From the start, if the producer knew.")
 
 
 class ClusterInfo(_Model):
@@ -67,33 +73,48 @@ class ClusterInfo(_Model):
 class Clusters(_Document):
     """One workflow's segmentation.
 
-    Arrays: ``labels`` (<u2, binned rows x binned columns; 65535 = noise) and
-    ``spectra`` (<u8, n_clusters x channels), the cluster-sum spectra in label order.
+    Arrays: ``labels`` (<u2, binned rows x binned columns; 65535 = noise),
+    ``spectra`` (<u8, n_clusters x channels), the cluster-sum spectra in label
+    order, and optionally ``confidence`` (<f4, the shape of ``labels``), each
+    binned pixel's confidence in its label, from 0 to 1.
     """
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "labels": ArraySpec(("<u2",), 2), "spectra": ArraySpec(("<u8",), 2),
+        "confidence": ArraySpec(("<f4",), 2, optional=True)}
 
     kind: Literal["clusters"] = "clusters"
     workflow: Workflow
     refit: int = Field(ge=0, description="Index of this refit within the acquisition.")
-    refit_s: float = Field(ge=0, description="Wall time of the segmentation.")
-    bin_factor: int = Field(ge=1)
-    energy_offset_kev: float
-    energy_scale_kev: float
-    clusters: list[ClusterInfo]
+    refit_s: float = Field(ge=0, description="Wall time of the segmentation, in s.")
+    bin_factor: int = Field(ge=1, description="Scan pixels per label pixel along each axis.")
+    energy_offset_kev: float = Field(description="Energy of channel 0 of the spectra, in keV.")
+    energy_scale_kev: float = Field(description="Channel width of the spectra, in keV.")
+    clusters: list[ClusterInfo] = Field(description="One entry per row of spectra, in label order.")
     noise_pixels: int = Field(ge=0, description="Binned pixels left unassigned (HDBSCAN noise).")
     choices: dict[str, float | int | str | list[float]] = Field(
         default_factory=dict, description="What the workflow chose from the data and why.")
 
+    @model_validator(mode="after")
+    def _arrays_follow_spec(self) -> "Clusters":
+        by_name = check_arrays(self.arrays, self.ARRAYS)
+        if by_name["spectra"].shape[0] != len(self.clusters):
+            raise ValueError(f"spectra has {by_name['spectra'].shape[0]} rows for {len(self.clusters)} clusters")
+        if "confidence" in by_name and by_name["confidence"].shape != by_name["labels"].shape:
+            raise ValueError("confidence must have the shape of labels")
+        return self
+
 
 class ElementResult(_Model):
-    atomic_percent: float
+    atomic_percent: float = Field(description="Composition, in atomic percent.")
     atomic_percent_sigma: float | None = Field(description="1-sigma uncertainty, None when unknown.")
-    intensity: float
+    intensity: float = Field(description="Measured X-ray line intensity, in counts.")
 
 
 class ClusterComposition(_Model):
     label: int = Field(ge=0)
-    pixels: int = Field(ge=0)
-    elements: dict[str, ElementResult]
+    pixels: int = Field(ge=0, description="Binned pixels assigned to the cluster.")
+    elements: dict[str, ElementResult] = Field(description="By element symbol, e.g. Fe.")
 
 
 class Composition(_Document):
@@ -101,12 +122,12 @@ class Composition(_Document):
 
     kind: Literal["composition"] = "composition"
     workflow: Workflow
-    refit: int = Field(ge=0)
-    quantify_s: float = Field(ge=0)
+    refit: int = Field(ge=0, description="The refit whose clusters were quantified.")
+    quantify_s: float = Field(ge=0, description="Wall time of the quantification, in s.")
     method: str = Field(description="How intensities were measured and quantified.")
     kfactor_source: str = Field(description="Where the k-factors came from.")
-    kfactors: dict[str, float]
-    xray_lines: list[str]
+    kfactors: dict[str, float] = Field(description="Cliff-Lorimer k-factor by X-ray line, e.g. Fe_Ka.")
+    xray_lines: list[str] = Field(description="The X-ray lines quantified, HyperSpy style, e.g. Fe_Ka.")
     clusters: list[ClusterComposition]
 
 

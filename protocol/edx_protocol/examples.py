@@ -1,0 +1,163 @@
+"""The example messages behind ``protocol/golden``: one small acquisition, then one of each result.
+
+The acquisition messages form a valid stream in order (seq 0 to 6) for a
+4 x 6 scan with 32 channels, so a receiver can replay them end to end. Values
+are fixed literals: the golden files must come out byte for byte the same on
+every run.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .acquisition import VELOX_NEXT_PIXEL, DenseFrame, Detector, EnergyAxis, EventsFrame, Start, Stop, VeloxFrame
+from .codec import describe, encode
+from .results import (
+    NOISE_LABEL,
+    ClusterComposition,
+    ClusterInfo,
+    Clusters,
+    Composition,
+    ElementResult,
+    Gaps,
+    Status,
+    topic_for,
+)
+
+ACQUISITION_ID = "golden-0001"
+SCAN_SHAPE = (4, 6)
+ENERGY_AXIS = EnergyAxis(offset_kev=0.0, scale_kev=0.625, channels=32)
+
+
+class Example(NamedTuple):
+    """One golden message: a header model, its arrays and, for a published document, its topic."""
+
+    name: str
+    description: str
+    header: object
+    arrays: dict[str, np.ndarray]
+    topic: bytes | None = None
+
+    def frames(self) -> list[bytes]:
+        """The exact multipart message: ``[topic,] header, *buffers``."""
+        frames = [bytes(f) for f in encode(self.header, self.arrays)]
+        return [self.topic] + frames if self.topic is not None else frames
+
+
+def _frame(model, seq: int, frame_index: int, arrays: dict[str, np.ndarray], **fields):
+    return model(acquisition_id=ACQUISITION_ID, seq=seq, frame_index=frame_index,
+                 arrays=describe(arrays), **fields)
+
+
+def _start() -> Example:
+    detectors = [Detector(name=f"SuperXG2{i + 1}", elevation_deg=18.0, azimuth_deg=azimuth,
+                          energy_resolution_mnka_ev=136.0)
+                 for i, azimuth in enumerate((45.0, 135.0, 225.0, 315.0))]
+    header = Start(acquisition_id=ACQUISITION_ID, seq=0, scan_shape=SCAN_SHAPE, energy_axis=ENERGY_AXIS,
+                   beam_energy_kev=200.0, detectors=detectors, pixel_size=0.5, pixel_unit="nm",
+                   dwell_time_s=1e-05, expected_frames=3, elements=["Fe", "Pt"], xray_lines=["Fe_Ka", "Pt_La"],
+                   instrument="example Super-X STEM", title="golden example acquisition")
+    return Example("start", "Start of a 4 x 6 scan, 32 channels of 0.625 keV, four detectors.", header, {})
+
+
+def _events() -> Example:
+    arrays = {"pixel": np.array([0, 0, 5, 7, 23], dtype="<u4"),
+              "channel": np.array([10, 11, 10, 31, 0], dtype="<u2")}
+    return Example("frame_events", "Events frame without detector index: 5 X-rays of sweep 0.",
+                   _frame(EventsFrame, 1, 0, arrays), arrays)
+
+
+def _events_detector() -> Example:
+    arrays = {"pixel": np.array([1, 2, 2, 12, 22, 23], dtype="<u4"),
+              "channel": np.array([10, 10, 12, 30, 1, 29], dtype="<u2"),
+              "detector": np.array([0, 1, 2, 3, 0, 3], dtype="|u1")}
+    return Example("frame_events_detector", "Events frame with detector index: 6 X-rays of sweep 0.",
+                   _frame(EventsFrame, 2, 0, arrays), arrays)
+
+
+def _velox() -> Example:
+    n = VELOX_NEXT_PIXEL
+    arrays = {"stream": np.array([3, 17, n, n, 5, n, 9, 9, 30, n], dtype="<u2")}
+    return Example("frame_velox", "Velox SpectrumStream chunk of detector 2, sweep 1: pixel 6 gets channels "
+                                  "3 and 17, pixel 7 nothing, pixel 8 channel 5, pixel 9 channels 9, 9 "
+                                  "and 30; the next chunk starts at pixel 10.",
+                   _frame(VeloxFrame, 3, 1, arrays, pixel_start=6, detector=2), arrays)
+
+
+def _dense(name: str, dtype: str, seq: int, pixel_start: int, values: dict[tuple[int, int], int]) -> Example:
+    rows = 1 + max(p for p, _ in values)
+    counts = np.zeros((rows, ENERGY_AXIS.channels), dtype=dtype)
+    for (p, c), v in values.items():
+        counts[p, c] = v
+    arrays = {"counts": counts}
+    what = np.dtype(dtype).name
+    return Example(name, f"Dense block of {rows} whole spectra as {what} for pixels {pixel_start} to "
+                         f"{pixel_start + rows - 1}, sweep 2.",
+                   _frame(DenseFrame, seq, 2, arrays, pixel_start=pixel_start), arrays)
+
+
+def _stop() -> Example:
+    header = Stop(acquisition_id=ACQUISITION_ID, seq=6, frames=3, reason="complete")
+    return Example("stop", "Stop after 3 sweeps.", header, {})
+
+
+def acquisition_examples() -> list[Example]:
+    """The golden producer messages, in the order a producer would send them."""
+    return [_start(), _events(), _events_detector(), _velox(),
+            _dense("frame_dense_u8", "|u1", 4, 0, {(0, 3): 1, (0, 31): 255, (1, 10): 2}),
+            _dense("frame_dense_u16", "<u2", 5, 2, {(0, 10): 258, (1, 0): 1, (2, 31): 65535}),
+            _stop()]
+
+
+def _status() -> Example:
+    header = Status(acquisition_id=ACQUISITION_ID, seq=4, frames=2, counts=17, state="acquiring",
+                    messages=5, rejected={"pixel_out_of_range": 1}, gaps=Gaps(count=2, missing=[(3, 4)]),
+                    refits=1, last_refit_s=0.75, scan_shape=SCAN_SHAPE, expected_frames=3)
+    return Example("status", "Status while acquiring, after a gap of seq 3 to 4 and one rejected frame.",
+                   header, {}, topic_for("status"))
+
+
+def _clusters() -> Example:
+    labels = np.array([[0, 0, 1], [1, NOISE_LABEL, 1]], dtype="<u2")
+    spectra = np.zeros((2, ENERGY_AXIS.channels), dtype="<u8")
+    spectra[0, [10, 11, 31]] = [7, 2, 1]
+    spectra[1, [0, 9, 30]] = [3, 4, 5]
+    confidence = np.array([[1.0, 0.75, 0.5], [0.875, 0.0, 1.0]], dtype="<f4")
+    arrays = {"labels": labels, "spectra": spectra, "confidence": confidence}
+    clusters = [ClusterInfo(label=i, pixels=int((labels == i).sum()), counts=int(spectra[i].sum()))
+                for i in range(len(spectra))]
+    header = Clusters(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=int(spectra.sum()), final=True,
+                      workflow="pca-gmm", refit=2, refit_s=0.5, bin_factor=2,
+                      energy_offset_kev=ENERGY_AXIS.offset_kev, energy_scale_kev=ENERGY_AXIS.scale_kev,
+                      clusters=clusters, noise_pixels=int((labels == NOISE_LABEL).sum()),
+                      choices={"n_components": 2, "n_clusters": 2, "criterion": "bic",
+                               "bic": [-10.5, -12.25, -11.0]},
+                      arrays=describe(arrays))
+    return Example("clusters", "Final pca-gmm segmentation on 2 x 2 bins: 2 clusters and one noise bin, "
+                               "with cluster-sum spectra and per-bin confidence.",
+                   header, arrays, topic_for("clusters", "pca-gmm"))
+
+
+def _composition() -> Example:
+    clusters = [
+        ClusterComposition(label=0, pixels=2, elements={
+            "Fe": ElementResult(atomic_percent=52.5, atomic_percent_sigma=3.25, intensity=1200.0),
+            "Pt": ElementResult(atomic_percent=47.5, atomic_percent_sigma=3.25, intensity=3100.0)}),
+        ClusterComposition(label=1, pixels=3, elements={
+            "Fe": ElementResult(atomic_percent=90.0, atomic_percent_sigma=None, intensity=800.0),
+            "Pt": ElementResult(atomic_percent=10.0, atomic_percent_sigma=None, intensity=95.0)}),
+    ]
+    header = Composition(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=22, final=True,
+                         workflow="umap-hdbscan", refit=2, quantify_s=0.125,
+                         method="Cliff-Lorimer on background-subtracted line intensities",
+                         kfactor_source="user", kfactors={"Fe_Ka": 1.450226, "Pt_La": 5.075602},
+                         xray_lines=["Fe_Ka", "Pt_La"], clusters=clusters)
+    return Example("composition", "Final umap-hdbscan composition of 2 clusters; cluster 1 without "
+                                  "uncertainties.", header, {}, topic_for("composition", "umap-hdbscan"))
+
+
+def result_examples() -> list[Example]:
+    """The golden published documents (their frames start with the topic)."""
+    return [_status(), _clusters(), _composition()]
