@@ -39,7 +39,7 @@ def _workflow(output) -> dict:
     }
 
 
-def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: dict) -> dict:
+def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: list) -> dict:
     """Assemble the summary of one processed acquisition."""
     start, acc = acq.start, acq.accumulator
     return {
@@ -66,5 +66,5 @@ def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: d
         },
         "workflows": {name: _workflow(out) for name, out in latest.items()},
         "timings": {"total_s": round(elapsed_s, 3), "refits": service.refits},
-        "files": {k: Path(v).name for k, v in files.items()},
+        "files": [Path(p).name for p in files],
     }
