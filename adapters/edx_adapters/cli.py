@@ -1,0 +1,121 @@
+"""``edx-live-replay``: send a recorded spectrum image to edx_live as if it were being acquired.
+
+Example::
+
+    edx-live-replay core_shell.hspy --frames 20 --interval 2
+    edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://*:5556
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+import zmq
+
+from .producer import SOCKET_KINDS, SweepDone, make_socket, send_replay, wait_for_subscriber
+from .replay import FORMATS, open_replay
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``edx-live-replay``."""
+    p = argparse.ArgumentParser(prog="edx-live-replay", description=__doc__.splitlines()[0],
+                                epilog=f"Supported files: {', '.join(sorted(FORMATS))}.")
+    p.add_argument("file", help="spectrum image file to replay")
+    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint (default %(default)s)")
+    p.add_argument("--socket", choices=sorted(SOCKET_KINDS), default="push",
+                   help="push: to the service's PULL (default); pub: for SUB receivers")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--bind", action="store_true", default=None, help="bind (default for pub)")
+    side.add_argument("--connect", dest="bind", action="store_false", help="connect (default for push)")
+    p.add_argument("--frames", type=_positive_int, help="sweeps: split dense files into N (default 10); "
+                                                        "recorded sweeps: send only the first N")
+    p.add_argument("--interval", type=_non_negative, default=0.0, help="seconds between sweeps (default 0)")
+    p.add_argument("--chunk-pixels", type=_positive_int, help="pixels per message (default one scan row)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dense split (default 0)")
+    p.add_argument("--acquisition-id", help="default: file name plus a random suffix")
+    p.add_argument("--wait-subscribers", type=_non_negative, default=10.0, metavar="SECONDS",
+                   help="pub: wait this long for a subscriber before sending (default %(default)s; 0: do not wait)")
+    return p
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _stop_on_interrupt(event: threading.Event):
+    """Ctrl-C sets ``event`` so the replay ends with an 'aborted' stop message instead of nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sweep_printer(total: int):
+    def report(done: SweepDone) -> None:
+        _say(f"sweep {done.frame_index + 1}/{total}: {done.messages} messages, "
+             f"{done.xrays} X-rays, {done.nbytes / 1e6:.2f} MB")
+    return report
+
+
+def _run(args: argparse.Namespace) -> int:
+    replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels, seed=args.seed,
+                         acquisition_id=args.acquisition_id)
+    start = replay.start
+    _say(f"{start.acquisition_id}: {start.scan_shape[0]}x{start.scan_shape[1]} pixels, "
+         f"{start.energy_axis.channels} channels, {len(start.detectors)} detector(s), {replay.frames} sweeps "
+         f"-> {args.socket} {args.address}")
+    socket = make_socket(args.address, args.socket, args.bind)
+    try:
+        if args.socket == "pub" and args.wait_subscribers > 0:
+            if not wait_for_subscriber(socket, args.wait_subscribers):
+                _say(f"edx-live-replay: error: no subscriber within {args.wait_subscribers:g} s; start the "
+                     "receiver first or raise --wait-subscribers")
+                return 1
+        stop = threading.Event()
+        with _stop_on_interrupt(stop):
+            sent = send_replay(replay, socket, args.interval, stop, on_sweep=_sweep_printer(replay.frames))
+    finally:
+        socket.close()
+    state = "aborted" if sent.aborted else "complete"
+    _say(f"{state}: {sent.messages} messages, {sent.sweeps} sweeps, {sent.xrays} X-rays, {sent.nbytes / 1e6:.2f} MB")
+    return 130 if sent.aborted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``edx-live-replay``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        _say(f"edx-live-replay: error: {exc}")
+        return 2
+    except zmq.ZMQError as exc:  # address in use, malformed endpoint: no traceback needed
+        _say(f"edx-live-replay: error: {args.address}: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
