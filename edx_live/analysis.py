@@ -59,12 +59,24 @@ class Analyzer:
         documents = []
         n_pixels = snapshot.cube.shape[0] * snapshot.cube.shape[1]
         for workflow in self.settings.refit.workflows:
-            result = segment(snapshot.cube, self.estimator(workflow, n_pixels), workflow)
+            try:
+                result = segment(snapshot.cube, self.estimator(workflow, n_pixels), workflow)
+            except Exception:  # one workflow failing on odd data must not stop the live service
+                self.errors += 1
+                log.exception("segment_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
+                              refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
+                continue
             log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                      refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
                      seconds=round(result.fit_seconds, 3))
             documents.append(clusters_document(snapshot, result))
-            quant, seconds = self._quantify(snapshot, result)
+            try:
+                quant, seconds = self._quantify(snapshot, result)
+            except Exception:
+                self.errors += 1
+                qlog.exception("quantify_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
+                               refit=snapshot.refit)
+                quant, seconds = None, 0.0
             self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds)
             if quant is not None:
                 documents.append(composition_document(snapshot, workflow, quant, seconds))

@@ -179,7 +179,8 @@ class Service:
     def status(self, final: bool = False) -> Status:
         """The current ingest state; ``final`` marks the one sent after an acquisition's last refit."""
         acq = self.ingest.current
-        base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s, final=final)
+        base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s, final=final,
+                    refit_errors=getattr(self.analyze, "errors", 0))
         if acq is None:
             return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0,
                           rejected=dict(self.ingest.rejected), **base)

@@ -62,6 +62,7 @@ class Status(_Document):
     last_refit_s: float | None = Field(default=None, description="Wall time of the last refit, in s.")
     scan_shape: tuple[int, int] | None = Field(default=None, description="(rows, columns) from the start.")
     expected_frames: int | None = Field(default=None, description="From the start, if the producer knew.")
+    refit_errors: int = Field(default=0, ge=0, description="Workflow refits that failed (see the service log).")
 
 
 class ClusterInfo(_Model):
