@@ -44,23 +44,22 @@ class Analyzer:
         self.latest: dict[str, WorkflowOutput] = {}
         self.errors = 0
 
-    def estimator(self, workflow: str, n_pixels: int):
+    def estimator(self, workflow: str):
         """A fresh, unfitted estimator for ``workflow``."""
         if workflow == "pca-gmm":
             p = self.settings.pca_gmm
             return PcaGmm(n_components=p.n_components, n_clusters=p.n_clusters, max_components=p.max_components,
                           max_clusters=p.max_clusters, random_state=p.random_state)
         p = self.settings.umap_hdbscan
-        min_size = p.min_cluster_size or max(5, round(0.02 * n_pixels))
-        return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors, min_cluster_size=min_size,
-                           random_state=p.random_state)
+        return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors,
+                           min_cluster_size=p.min_cluster_size, random_state=p.random_state)
 
     def __call__(self, snapshot: Snapshot) -> list:
         documents = []
-        n_pixels = snapshot.cube.shape[0] * snapshot.cube.shape[1]
         for workflow in self.settings.refit.workflows:
             try:
-                result = segment(snapshot.cube, self.estimator(workflow, n_pixels), workflow)
+                result = segment(snapshot.cube, self.estimator(workflow), workflow,
+                                 offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev)
             except Exception:  # one workflow failing on odd data must not stop the live service
                 self.errors += 1
                 log.exception("segment_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,

@@ -112,3 +112,16 @@ def test_energy_selection_that_keeps_nothing_rejects_the_start():
     ing = Ingest(AccumulateSettings(energy_min_kev=50.0))
     out = ing.receive(encode(start()))
     assert out.reason == "energy_range" and ing.current is None
+
+
+def test_status_of_an_idle_service_is_a_valid_document():
+    from edx_protocol import decode_result, encode
+
+    from edx_live.config import load_settings
+    from edx_live.shell.service import Service
+    from edx_live.shell.transport import MemoryConnection
+
+    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s: [])
+    status = service.status()
+    assert (status.state, status.acquisition_id, status.gaps.count) == ("idle", None, 0)
+    assert decode_result(encode(status)).header == status

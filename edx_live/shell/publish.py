@@ -86,8 +86,8 @@ def format_document(header) -> str:
         return (f"[{header.workflow}] refit {header.refit} at {header.frames} frames / {header.counts} counts: "
                 f"{len(header.clusters)} clusters ({sizes}), noise {header.noise_pixels}px, "
                 f"{header.refit_s:.2f} s")
-    lines = [f"[{header.workflow}] composition (refit {header.refit}, {header.method}, "
-             f"k-factors: {header.kfactor_source}, {header.quantify_s:.2f} s)"]
+    lines = [f"[{header.workflow}] composition, refit {header.refit} ({header.method.split(' (')[0]}; "
+             f"k-factors: {header.kfactor_source}; {header.quantify_s:.2f} s)"]
     for c in header.clusters:
         parts = [f"{el} {r.atomic_percent:5.1f}" + (f"±{r.atomic_percent_sigma:.1f}"
                                                     if r.atomic_percent_sigma is not None else "")

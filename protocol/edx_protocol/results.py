@@ -45,7 +45,7 @@ class _Document(_Model):
 
 
 class Gaps(_Model):
-    count: int = Field(ge=0, description="Messages missing from the sequence so far.")
+    count: int = Field(0, ge=0, description="Messages missing from the sequence so far.")
     missing: list[tuple[int, int]] = Field(
         default_factory=list, description="Up to 100 most recent missing ranges [first, last] of seq.")
 

@@ -1,0 +1,96 @@
+"""Producer -> service -> result subscriber over real loopback sockets, with the real analysis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+from edx_protocol import NOISE_LABEL, decode_result
+
+from edx_live.shell.demo import bundled_dataset, run_demo
+
+KFACTORS = {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
+
+
+def _receive_until_final(sub, timeout_s=300.0):
+    documents, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not sub.poll(200):
+            continue
+        frames = sub.recv_multipart(copy=False)
+        header, arrays = decode_result(frames[1:])
+        assert bytes(frames[0].buffer).decode().startswith(header.kind)
+        documents.append((header, arrays))
+        if header.kind == "status" and header.final:
+            return documents
+    pytest.fail("no final status within the timeout")
+
+
+def test_producer_to_result_subscriber(tmp_path):
+    from edx_adapters.producer import send_replay
+    from edx_adapters.replay import open_replay
+
+    from edx_live.analysis import Analyzer
+    from edx_live.config import load_settings
+    from edx_live.shell.publish import ZmqPublisher
+    from edx_live.shell.service import Service
+    from edx_live.shell.transport import ZmqConnection
+
+    ctx = zmq.Context()
+    settings = load_settings(overrides={"refit": {"interval_s": 3600, "every_frames": 3},
+                                        "output": {"address": "tcp://127.0.0.1:*", "status_interval_s": 0.2},
+                                        "quantify": {"kfactors": KFACTORS, "replicas": 16}})
+    conn = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=ctx)
+    conn.open()
+    publisher = ZmqPublisher(settings.output.address, ctx)
+    service = Service(settings, conn, [publisher], Analyzer(settings))
+    import threading
+
+    server = threading.Thread(target=service.run, kwargs={"stop_after": 1}, daemon=True)
+    sub = ctx.socket(zmq.SUB)
+    sub.connect(publisher.endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    server.start()
+    while not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):  # subscription is live
+        assert server.is_alive()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(conn.endpoint)
+    send_replay(open_replay(bundled_dataset(), frames=6), push)
+    documents = _receive_until_final(sub)
+    server.join(60)
+    for s in (push, sub):
+        s.close(linger=0)
+    publisher.close()
+    ctx.term()
+
+    kinds = [(h.kind, getattr(h, "workflow", None)) for h, _ in documents]
+    for workflow in ("pca-gmm", "umap-hdbscan"):
+        assert kinds.count(("clusters", workflow)) >= 2  # at least one live refit and the final one
+        assert kinds.count(("composition", workflow)) >= 2
+        header, arrays = [d for d in documents if d[0].kind == "clusters" and d[0].workflow == workflow][-1]
+        assert header.final and header.frames == 6 and header.counts == 884071
+        labels = arrays["labels"]
+        assert labels.shape == (32, 32)
+        assigned = labels[labels != NOISE_LABEL]
+        assert np.bincount(assigned).tolist() == [c.pixels for c in header.clusters]
+        assert arrays["spectra"].sum(axis=1).tolist() == [c.counts for c in header.clusters]
+        comp = [d[0] for d in documents if d[0].kind == "composition" and d[0].workflow == workflow][-1]
+        assert comp.kfactors == KFACTORS and comp.final
+        for cluster in comp.clusters:
+            total = sum(e.atomic_percent for e in cluster.elements.values())
+            assert np.isnan(total) or total == pytest.approx(100.0)
+    seqs = [h.seq for h, _ in documents if h.kind == "clusters" and h.workflow == "pca-gmm"]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    json.dumps([h.model_dump(mode="json") for h, _ in documents])  # documents are JSON-friendly
+
+
+def test_demo_runs_to_the_final_update(capsys):
+    seconds = run_demo(frames=4, interval_s=0.05)
+    out = capsys.readouterr().out
+    assert "replaying core_shell.hspy as 4 frames" in out
+    assert "[pca-gmm] composition" in out and "[umap-hdbscan] composition" in out
+    assert "stopped" in out.splitlines()[-1]
+    assert seconds > 0
