@@ -1,0 +1,162 @@
+"""Preprocessing shared by both workflows: energy window, energy rebin, empty channels, scaling.
+
+Each binned pixel's spectrum is one sample: ``X`` has shape (n_samples, n_channels)
+and holds counts. :func:`prepare` turns it into the matrix a workflow fits.
+
+Scalings
+--------
+``"robust"``
+    scikit-learn's RobustScaler (median, interquartile range per channel): the
+    study's choice, kept as the default of the PCA + GMM workflow, where it works.
+``"poisson"``
+    Poisson-noise normalisation (Keenan & Kotula, Surf. Interface Anal. 36, 2004;
+    HyperSpy's ``decomposition(normalize_poissonian_noise=True)``): divide each
+    count by ``sqrt(pixel total / mean pixel total * channel mean)``, so that the
+    Poisson noise has unit variance in every pixel and channel. Default of the
+    UMAP + HDBSCAN workflow, because per-channel standardisation fails there:
+    a channel with a few counts per pixel has an interquartile range of 0, 1 or
+    a fraction of a count, so RobustScaler turns single counts into outliers
+    (on the FePt data one 13.8 keV channel with IQR 0.25 made a cluster of its
+    own), and it gives the hundreds of noise-only channels the same weight as
+    the few element lines, so the nearest-neighbour graph UMAP builds is
+    dominated by noise. Poisson scaling gives every channel unit noise, so a
+    channel weighs by its signal-to-noise.
+``"none"``
+    Counts as they are (after the optional per-pixel normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCALINGS = ("robust", "poisson", "none")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The matrix a workflow fits, and what was done to get it.
+
+    Attributes
+    ----------
+    data : numpy.ndarray of float64, shape (n_samples, n_features)
+    channels : numpy.ndarray of int
+        For each feature, the first original channel it sums.
+    info : dict
+        JSON-friendly record of the steps (for ``choices_``).
+    """
+
+    data: np.ndarray
+    channels: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def energy_window(n_channels: int, offset_kev: float | None, scale_kev: float | None,
+                  energy_min_kev: float | None, energy_max_kev: float | None) -> slice:
+    """Channels whose centre lies in ``[energy_min_kev, energy_max_kev)``.
+
+    Without a calibration (``offset_kev`` or ``scale_kev`` None) all channels are kept:
+    the estimators see bare arrays, and :func:`edx_live.segment.segment` passes the
+    calibration when it knows it.
+    """
+    if offset_kev is None or scale_kev is None or scale_kev <= 0:
+        return slice(0, n_channels)
+    centres = offset_kev + scale_kev * np.arange(n_channels)
+    keep = np.ones(n_channels, dtype=bool)
+    if energy_min_kev is not None:
+        keep &= centres >= energy_min_kev
+    if energy_max_kev is not None:
+        keep &= centres < energy_max_kev
+    idx = np.flatnonzero(keep)
+    return slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+
+
+def rebin_channels(X: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor`` adjacent channels; a last partial group is dropped."""
+    if factor <= 1:
+        return X
+    n = X.shape[1] // factor * factor
+    return X[:, :n].reshape(X.shape[0], -1, factor).sum(axis=2)
+
+
+def normalise_pixels(X: np.ndarray) -> np.ndarray:
+    """Divide each spectrum by its total, times the mean total (empty pixels stay 0)."""
+    totals = X.sum(axis=1, keepdims=True)
+    mean_total = totals.mean() if totals.size else 0.0
+    return np.divide(X * mean_total, totals, out=np.zeros_like(X), where=totals > 0)
+
+
+def poisson_scale(X: np.ndarray) -> np.ndarray:
+    """Keenan-Kotula Poisson normalisation; empty pixels and channels stay 0."""
+    pixel = X.sum(axis=1)
+    pixel = pixel / pixel.mean() if pixel.mean() > 0 else pixel
+    weights = np.sqrt(np.outer(pixel, X.mean(axis=0)))
+    return np.divide(X, weights, out=np.zeros_like(X), where=weights > 0)
+
+
+def robust_scale(X: np.ndarray) -> np.ndarray:
+    """scikit-learn's RobustScaler (median and interquartile range per channel)."""
+    from sklearn.preprocessing import RobustScaler
+
+    return RobustScaler().fit_transform(X)
+
+
+def prepare(X, *, energy_offset_kev: float | None = None, energy_scale_kev: float | None = None,
+            energy_min_kev: float | None = 0.2, energy_max_kev: float | None = None, energy_rebin: int = 1,
+            min_channel_counts: float = 1.0, normalize: bool = False, scaling: str = "robust") -> Prepared:
+    """Select, rebin and scale the channels of counts ``X`` (n_samples, n_channels).
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples, n_channels)
+        Counts, one binned pixel per row.
+    energy_offset_kev, energy_scale_kev : float, optional
+        Calibration of ``X``'s channels; without it no energy window is applied.
+    energy_min_kev, energy_max_kev : float, optional
+        Energy window. The default lower edge, 0.2 keV, drops the detector's
+        zero-energy (noise) peak, which holds no chemistry and, in Velox event
+        streams, most of the events.
+    energy_rebin : int
+        Adjacent channels summed into one feature.
+    min_channel_counts : float
+        Features (after rebinning) with fewer counts than this over all pixels are
+        dropped: they have no signal, and Poisson scaling cannot weigh them.
+    normalize : bool
+        Divide each pixel's spectrum by its total counts first (composition instead
+        of amount; off by default: the Fe-rich shell differs from the support mainly
+        in how much Fe there is).
+    scaling : {"robust", "poisson", "none"}
+
+    Returns
+    -------
+    Prepared
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
+    X = np.asarray(X, dtype=np.float64)
+    window = energy_window(X.shape[1], energy_offset_kev, energy_scale_kev, energy_min_kev, energy_max_kev)
+    rebin = max(1, int(energy_rebin))
+    data = rebin_channels(X[:, window], rebin)
+    first = window.start + rebin * np.arange(data.shape[1])
+    keep = data.sum(axis=0) >= max(min_channel_counts, np.finfo(np.float64).tiny)
+    data, first = data[:, keep], first[keep]
+    if normalize:
+        data = normalise_pixels(data)
+    if data.shape[1] and scaling == "robust":
+        data = robust_scale(data)
+    elif data.shape[1] and scaling == "poisson":
+        data = poisson_scale(data)
+    info = {"scaling": scaling, "normalize": int(bool(normalize)), "energy_rebin": rebin,
+            "channel_first": int(window.start), "channel_stop": int(window.stop), "features": int(data.shape[1])}
+    return Prepared(data, first.astype(np.int64), info)
+
+
+class PreprocessMixin:
+    """Gives an estimator ``_prepare(X)`` from its own preprocessing parameters."""
+
+    def _prepare(self, X) -> Prepared:
+        return prepare(X, energy_offset_kev=self.energy_offset_kev, energy_scale_kev=self.energy_scale_kev,
+                       energy_min_kev=self.energy_min_kev, energy_max_kev=self.energy_max_kev,
+                       energy_rebin=self.energy_rebin, min_channel_counts=self.min_channel_counts,
+                       normalize=self.normalize, scaling=self.scaling)

@@ -1,0 +1,244 @@
+"""Workflow 2: UMAP to a few dimensions, then HDBSCAN; the cluster count follows from the data.
+
+umap-learn and hdbscan are imported inside the functions that need them: they pull
+in numba and take seconds to import, which a command that never refits should not pay.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.decomposition import PCA
+from sklearn.utils import check_random_state
+
+from .preprocess import PreprocessMixin
+from .scree import METHOD as SCREE_METHOD
+from .scree import scree_knee
+
+#: Default smallest cluster, as a fraction of the (binned) pixels.
+MIN_CLUSTER_FRACTION = 0.02
+
+
+def default_min_cluster_size(n_samples: int) -> int:
+    """2 % of the pixels, at least 5.
+
+    On a 32 x 32 binned map that is 20 pixels: one FePt particle core of the
+    core/shell dataset (4-5 binned pixels across) covers about that many.
+    """
+    return max(5, int(round(MIN_CLUSTER_FRACTION * n_samples)))
+
+
+def default_min_samples(min_cluster_size: int) -> int:
+    """Twice ``min_cluster_size``: HDBSCAN's density scale, in neighbours.
+
+    HDBSCAN's own default (equal to ``min_cluster_size``) follows density
+    ripples inside one phase: on the FePt data the projected Pt thickness falls
+    from the centre of each core to its rim, and the default split the cores into
+    a centre and a rim cluster in every seed tried. Judging density over twice
+    the smallest feature keeps such a gradient in one cluster (one core cluster
+    in 34 of 36 UMAP seeds) and leaves the pixels between phases, which mix
+    both spectra, as noise rather than as clusters of their own.
+    """
+    return 2 * int(min_cluster_size)
+
+
+class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
+    """Segment spectra with UMAP then HDBSCAN (Euclidean); noise is labelled -1.
+
+    Steps: :func:`~edx_live.segment.preprocess.prepare` (by default 8 detector
+    channels summed and Poisson scaling), PCA keeping the components up to the
+    scree knee (denoising), UMAP to ``n_components`` dimensions, HDBSCAN.
+
+    Why not UMAP directly on RobustScaler'd counts, as in the study: on the FePt
+    core/shell data that clustered Poisson noise. Per-channel scaling gives each of
+    ~1000 mostly noise channels the weight of an element line and turns isolated
+    counts in sparse channels into outliers, so the neighbour graph follows noise
+    (a speckle cluster, shell merged with the support). Summing channels to about
+    the detector resolution (8 x 20 eV = 160 eV; Fe Ka/Kb and the Pt M and L lines
+    stay apart), Poisson scaling (unit noise per channel) and keeping the signal
+    subspace (PCA to the scree knee) let the neighbour graph follow chemistry. UMAP
+    works on the PCA scores, which are the rank-k denoised spectra in an
+    orthonormal basis: same distances, same graph.
+
+    A limit worth knowing: a density method finds a phase only where its pixels
+    form a density peak. The Fe-rich shell of the FePt particles, seen in
+    projection, grades into the support (partial volume): a plateau, not a peak,
+    in every linear projection we looked at. With the defaults it came out as its
+    own cluster in 21 of 36 UMAP seeds (random_state=0 is one of them) and merged
+    with the support in the others; longer UMAP optimisation (more epochs)
+    merges it more often, so the split rests on the embedding, not the density.
+    The Gaussian mixture of :class:`~edx_live.segment.PcaGmm` separates core,
+    shell and support in every seed; comparing the two is the point of running both.
+
+    Parameters
+    ----------
+    n_components : int
+        Embedding dimensions.
+    n_neighbors : int
+        UMAP neighbourhood (clamped below the number of samples).
+    min_dist : float
+        UMAP's minimum distance; 0 packs similar pixels tightly, as clustering wants.
+    min_cluster_size : int, optional
+        Pixels (binned) the smallest feature of interest covers; None means
+        :func:`default_min_cluster_size` (2 % of the pixels).
+    min_samples : int, optional
+        HDBSCAN's density scale (neighbours a core pixel needs); None means
+        :func:`default_min_samples` (twice ``min_cluster_size``).
+    cluster_selection_method : {"eom", "leaf"}
+        HDBSCAN's choice of clusters from its tree.
+    pca_components : int, optional
+        Components kept before UMAP; None chooses the scree knee; 0 skips PCA.
+    max_pca_components : int
+        Components considered for the scree plot.
+    random_state : int, RandomState or None
+        An int or RandomState makes UMAP deterministic (and single-threaded).
+    scaling, energy_rebin, normalize, min_channel_counts : see :func:`~edx_live.segment.preprocess.prepare`
+    energy_min_kev, energy_max_kev, energy_offset_kev, energy_scale_kev : idem
+
+    Attributes
+    ----------
+    labels_ : numpy.ndarray of int, shape (n_samples,)
+        0..n_clusters_-1, or -1 for noise.
+    probabilities_ : numpy.ndarray of float, shape (n_samples,)
+        HDBSCAN membership strength in [0, 1] (0 for noise).
+    n_clusters_ : int
+    n_components_ : int
+        PCA components kept before UMAP (0 if skipped).
+    embedding_ : numpy.ndarray of float, shape (n_samples, n_components)
+    choices_ : dict
+    """
+
+    def __init__(self, n_components=4, n_neighbors=15, min_dist=0.0, min_cluster_size=None, min_samples=None,
+                 cluster_selection_method="eom", pca_components=None, max_pca_components=20, random_state=None,
+                 scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
+                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None):
+        self.n_components = n_components
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_method = cluster_selection_method
+        self.pca_components = pca_components
+        self.max_pca_components = max_pca_components
+        self.random_state = random_state
+        self.scaling = scaling
+        self.energy_rebin = energy_rebin
+        self.normalize = normalize
+        self.min_channel_counts = min_channel_counts
+        self.energy_min_kev = energy_min_kev
+        self.energy_max_kev = energy_max_kev
+        self.energy_offset_kev = energy_offset_kev
+        self.energy_scale_kev = energy_scale_kev
+
+    def fit(self, X, y=None):
+        """Fit on counts ``X`` of shape (n_samples, n_channels); returns self."""
+        rng = check_random_state(self.random_state)
+        prepared = self._prepare(X)
+        data = prepared.data
+        self.choices_ = dict(prepared.info)
+        n = data.shape[0]
+        if n <= self.n_components + 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
+            return self._fit_single(n, "too few pixels or no variance: one cluster")
+        data = self._denoise(data, rng)
+        self.embedding_ = self._embed(data, rng)
+        self._cluster(self.embedding_)
+        return self
+
+    def _denoise(self, data: np.ndarray, rng) -> np.ndarray:
+        if self.pca_components == 0:
+            self.n_components_ = 0
+            self.choices_.update(pca_components=0, pca_method="none")
+            return data
+        m = max(1, min(self.max_pca_components, *data.shape))
+        pca = PCA(n_components=m, random_state=rng).fit(data)
+        knee, distance = scree_knee(pca.explained_variance_ratio_)
+        self.n_components_ = knee if self.pca_components is None else max(1, min(int(self.pca_components), m))
+        self.choices_.update(
+            pca_components=self.n_components_,
+            pca_method=SCREE_METHOD if self.pca_components is None else "user",
+            scree=[float(v) for v in pca.explained_variance_ratio_],
+            scree_distance=[float(v) for v in distance])
+        return pca.transform(data)[:, :self.n_components_]
+
+    def _embed(self, data: np.ndarray, rng) -> np.ndarray:
+        import umap
+
+        n_neighbors = max(2, min(int(self.n_neighbors), data.shape[0] - 1))
+        seeded = self.random_state is not None
+        seed = rng.randint(np.iinfo(np.int32).max) if seeded else None
+        reducer = umap.UMAP(n_components=self.n_components, n_neighbors=n_neighbors, min_dist=self.min_dist,
+                            metric="euclidean", random_state=seed, n_jobs=1 if seeded else -1)
+        with warnings.catch_warnings():
+            # Small or disconnected inputs make UMAP fall back to a random
+            # initialisation with a warning; the result is still usable.
+            warnings.simplefilter("ignore", UserWarning)
+            embedding = reducer.fit_transform(data)
+        self.choices_.update(umap_components=int(self.n_components), n_neighbors=n_neighbors,
+                             min_dist=float(self.min_dist))
+        return np.asarray(embedding)
+
+    def _cluster(self, embedding: np.ndarray) -> None:
+        import hdbscan
+
+        n = embedding.shape[0]
+        size = default_min_cluster_size(n) if self.min_cluster_size is None else int(self.min_cluster_size)
+        size = max(2, min(size, n))
+        samples = max(1, min(default_min_samples(size) if self.min_samples is None else int(self.min_samples), n - 1))
+        model = hdbscan.HDBSCAN(min_cluster_size=size, min_samples=samples, metric="euclidean",
+                                cluster_selection_method=self.cluster_selection_method)
+        model.fit(embedding)
+        self.labels_ = model.labels_.astype(np.int64)
+        self.probabilities_ = np.clip(np.nan_to_num(model.probabilities_), 0.0, 1.0)
+        self.n_clusters_ = int(self.labels_.max()) + 1 if n else 0
+        self.choices_.update(
+            n_clusters=self.n_clusters_, noise_pixels=int(np.count_nonzero(self.labels_ < 0)),
+            min_cluster_size=size,
+            min_cluster_size_method=("user" if self.min_cluster_size is not None
+                                     else f"{MIN_CLUSTER_FRACTION:.0%} of the pixels"),
+            min_samples=samples,
+            min_samples_method="user" if self.min_samples is not None else "2 x min_cluster_size",
+            cluster_persistence=[float(v) for v in model.cluster_persistence_])
+
+    def _fit_single(self, n_samples: int, reason: str):
+        self.labels_ = np.zeros(n_samples, dtype=np.int64)
+        self.probabilities_ = np.ones(n_samples)
+        self.n_clusters_, self.n_components_ = (1 if n_samples else 0), 0
+        self.embedding_ = np.zeros((n_samples, self.n_components))
+        self.choices_.update(n_clusters=self.n_clusters_, n_clusters_method=reason)
+        return self
+
+
+def warm_up(random_state: int | None = 0, approximate_neighbors: bool = True) -> float:
+    """Compile UMAP's, pynndescent's and HDBSCAN's numba code on a tiny random input.
+
+    The first UMAP fit in a process spends seconds compiling; calling this at
+    start-up keeps that delay out of the first live refit.
+
+    Parameters
+    ----------
+    random_state : int or None
+        Warm the path a fit with this kind of ``random_state`` takes: an int uses
+        UMAP's serial layout, None its parallel one (they compile separately).
+
+    Returns
+    -------
+    float
+        Seconds spent.
+    """
+    import hdbscan
+    import umap
+
+    t0 = time.perf_counter()
+    data = np.random.default_rng(0).normal(size=(64, 8))
+    n_jobs = 1 if random_state is not None else -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for approximate in (False, True)[:1 + bool(approximate_neighbors)]:
+            embedding = umap.UMAP(n_components=4, n_neighbors=8, min_dist=0.0, n_epochs=20,
+                                  random_state=random_state, n_jobs=n_jobs,
+                                  force_approximation_algorithm=approximate).fit_transform(data)
+        hdbscan.HDBSCAN(min_cluster_size=5).fit(embedding)
+    return time.perf_counter() - t0
