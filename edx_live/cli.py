@@ -86,19 +86,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class StartupError(Exception):
+    """A problem found before any work starts: the message says what to fix."""
+
+
 def _serve(settings, args) -> int:
     from edx_live.analysis import Analyzer
+    from edx_live.core.kernels import warm_up as warm_up_kernels
     from edx_live.segment import warm_up
     from edx_live.shell.publish import ZmqPublisher
     from edx_live.shell.service import Service
     from edx_live.shell.transport import ZmqConnection
 
     log = get_logger("service")
-    warm_up()
     inp = settings.input
     connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark)
-    connection.open()
-    publisher = ZmqPublisher(settings.output.address)
+    try:
+        connection.open()
+        publisher = ZmqPublisher(settings.output.address)
+    except OSError as exc:
+        connection.close()
+        raise StartupError(str(exc)) from None
+    warm_up_kernels()
+    log.info("warming_up", seconds=round(warm_up(), 2))
     service = Service(settings, connection, [publisher], Analyzer(settings))
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,11 +120,17 @@ def _serve(settings, args) -> int:
 
 
 def _process(settings, args) -> int:
-    from edx_live.shell.offline import process_file
+    from edx_adapters.replay import open_replay
+
+    from edx_live.shell.offline import process_replay
     from edx_live.shell.publish import ConsolePrinter
 
-    summary = process_file(args.file, args.out, settings, frames=args.frames, chunk_pixels=args.chunk_pixels,
-                           refit_every=args.refit_every_frames, subscribers=[ConsolePrinter()])
+    try:
+        replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    summary = process_replay(replay, args.out, settings, refit_every=args.refit_every_frames,
+                             subscribers=[ConsolePrinter()])
     print(f"wrote {args.out}/summary.json and {len(summary['files'])} HyperSpy files "
           f"in {summary['timings']['total_s']:.1f} s")
     return 0
@@ -131,13 +147,13 @@ def _demo(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     try:
-        if args.command == "demo":
-            return _demo(args)
         settings = load_settings(args.config, _overrides(args))
         configure(settings.log_format, settings.log_level)
         return _serve(settings, args) if args.command == "serve" else _process(settings, args)
-    except (ConfigError, FileNotFoundError, OSError, ValueError) as exc:
+    except (ConfigError, StartupError) as exc:
         print(f"edx-live {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

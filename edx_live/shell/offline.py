@@ -46,8 +46,7 @@ def offline_settings(settings, refit_every: int | None):
 
 
 def process_file(path: str | Path, out_dir: str | Path, settings, frames: int | None = None,
-                 chunk_pixels: int | None = None, refit_every: int | None = None,
-                 subscribers=()) -> dict:
+                 chunk_pixels: int | None = None, refit_every: int | None = None, subscribers=()) -> dict:
     """Replay ``path`` into the pipeline, write ``out_dir``/summary.json and HyperSpy files.
 
     Returns the summary dictionary.
@@ -55,6 +54,11 @@ def process_file(path: str | Path, out_dir: str | Path, settings, frames: int | 
     from edx_adapters.replay import open_replay
 
     replay = open_replay(path, frames=frames, chunk_pixels=chunk_pixels)
+    return process_replay(replay, out_dir, settings, refit_every=refit_every, subscribers=subscribers)
+
+
+def process_replay(replay, out_dir: str | Path, settings, refit_every: int | None = None, subscribers=()) -> dict:
+    """Run an opened replay (``edx_adapters.replay.Replay``) through the pipeline and export the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = offline_settings(settings, refit_every)
@@ -71,7 +75,7 @@ def process_file(path: str | Path, out_dir: str | Path, settings, frames: int | 
     elapsed = time.perf_counter() - t0
     acq = service.ingest.current
     files = write_outputs(out_dir, acq, analyzer.latest)
-    summary = build_summary(path, acq, analyzer.latest, service, elapsed, files)
+    summary = build_summary(replay.path, acq, analyzer.latest, service, elapsed, files)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("processed", file=str(path), out=str(out_dir), seconds=round(elapsed, 2))
+    log.info("processed", file=str(replay.path), out=str(out_dir), seconds=round(elapsed, 2))
     return summary

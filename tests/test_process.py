@@ -1,0 +1,71 @@
+"""``edx-live process`` on the real FePt core/shell data: the answer and the files a user opens."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edx_live.cli import main
+
+KFACTORS = ["--kfactor", "Fe_Ka=1.450226", "--kfactor", "Pt_La=5.075602"]
+
+
+@pytest.fixture(scope="module")
+def processed(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("core_shell")
+    assert main(["process", str(data_dir / "core_shell.hspy"), "--out", str(out), "--frames", "5",
+                 "--chunk-pixels", "129", "--log-level", "warning", *KFACTORS]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def _per_pixel(cluster, element):
+    return cluster["composition"][element]["intensity"] / cluster["pixels"]
+
+
+@pytest.mark.parametrize("workflow", ["pca-gmm", "umap-hdbscan"])
+def test_cores_shell_and_support_are_distinct_clusters(processed, workflow):
+    _, summary = processed
+    clusters = summary["workflows"][workflow]["clusters"]
+    assert all(c["composition"] is not None for c in clusters)
+    core = max(clusters, key=lambda c: c["composition"]["Pt"]["atomic_percent"])
+    fe_rich = [c for c in clusters if c["composition"]["Pt"]["atomic_percent"] < 5.0]
+    shell = max(fe_rich, key=lambda c: _per_pixel(c, "Fe"))
+    support = min(fe_rich, key=lambda c: _per_pixel(c, "Fe"))
+    # the cores: an FePt alloy, Pt well above any other cluster
+    assert 25.0 < core["composition"]["Pt"]["atomic_percent"] < 60.0
+    assert core["composition"]["Pt"]["atomic_percent_sigma"] < 2.0
+    assert core["pixels"] >= 40
+    # the shell: Fe-rich, and far more Fe per pixel than the carbon support
+    assert shell is not support
+    assert _per_pixel(support, "Fe") < 0.3 * _per_pixel(shell, "Fe")
+    assert support["pixels"] > shell["pixels"] > 0
+
+
+def test_summary_accounts_for_every_count(processed):
+    _, summary = processed
+    acq = summary["acquisition"]
+    assert (acq["counts"], acq["frames"], acq["rejected"], acq["missing_messages"]) == (884071, 5, {}, 0)
+    for wf in summary["workflows"].values():
+        assert sum(c["pixels"] for c in wf["clusters"]) + wf["noise_pixels"] == 32 * 32
+        assert wf["kfactors"] == {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
+        assert wf["kfactor_source"] and wf["method"]
+
+
+def test_outputs_open_with_hyperspy(processed, data_dir):
+    import hyperspy.api as hs
+
+    out, summary = processed
+    original = hs.load(data_dir / "core_shell.hspy")
+    si = hs.load(out / "spectrum_image.hspy")
+    np.testing.assert_array_equal(si.data, original.data)
+    assert si.metadata.Signal.signal_type == "EDS_TEM"
+    assert si.axes_manager.signal_axes[0].scale == pytest.approx(0.02)
+    assert si.axes_manager.signal_axes[0].offset == pytest.approx(0.16)
+    for workflow, wf in summary["workflows"].items():
+        labels = hs.load(out / f"labels_{workflow}.hspy")
+        assert labels.data.shape == (32, 32)
+        assert np.bincount(labels.data[labels.data >= 0]).tolist() == [c["pixels"] for c in wf["clusters"]]
+        spectra = hs.load(out / f"cluster_spectra_{workflow}.hspy")
+        assert spectra.data.shape == (wf["n_clusters"], 992)
+        assert spectra.data.sum(axis=1).round().tolist() == [c["counts"] for c in wf["clusters"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"] + ["summary.json"])
