@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
 from .preprocess import PreprocessMixin
-from .scree import METHOD as SCREE_METHOD
-from .scree import scree_knee
+from .scree import pca_to_knee
 
 ICL_METHOD = "lowest ICL = BIC + 2 x classification entropy (Biernacki, Celeux & Govaert 2000)"
 
@@ -108,17 +106,12 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
 
     def _reduce(self, data: np.ndarray, rng) -> np.ndarray:
         """PCA scores up to the chosen number of components; records the scree."""
-        m = max(1, min(self.max_components, *data.shape))
-        self.pca_ = PCA(n_components=m, random_state=rng).fit(data)
+        scores, self.pca_, info = pca_to_knee(data, self.max_components, self.n_components, rng)
         self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
-        knee, distance = scree_knee(self.explained_variance_ratio_)
-        self.n_components_ = knee if self.n_components is None else max(1, min(int(self.n_components), m))
-        self.choices_.update(
-            n_components=self.n_components_,
-            n_components_method=SCREE_METHOD if self.n_components is None else "user",
-            scree=[float(v) for v in self.explained_variance_ratio_],
-            scree_distance=[float(v) for v in distance])
-        return self.pca_.transform(data)[:, :self.n_components_]
+        self.n_components_ = info["kept"]
+        self.choices_.update(n_components=info["kept"], n_components_method=info["method"],
+                             scree=info["scree"], scree_distance=info["scree_distance"])
+        return scores
 
     def _mixture(self, scores: np.ndarray, rng) -> None:
         """Fit every candidate cluster count, keep the lowest ICL."""

@@ -64,3 +64,26 @@ def scree_knee(explained_variance_ratio, max_components: int | None = None) -> t
     # chord length does not move the maximum but keeps values comparable.
     distance = (chord - y) / np.hypot(1.0, (y[-1] - y[0]) / (m - 1))
     return int(np.argmax(distance)) + 1, distance
+
+
+def pca_to_knee(data: np.ndarray, max_components: int, n_components: int | None, random_state):
+    """PCA of ``data`` keeping the components up to the scree knee, or ``n_components`` if given.
+
+    Returns
+    -------
+    scores : numpy.ndarray, shape (n_samples, kept)
+    pca : sklearn.decomposition.PCA
+        Fitted with ``max_components`` (bounded by the data's shape).
+    info : dict
+        ``kept``, ``method``, ``scree`` (explained-variance ratios) and ``scree_distance``, JSON-friendly.
+    """
+    from sklearn.decomposition import PCA
+
+    m = max(1, min(max_components, *data.shape))
+    pca = PCA(n_components=m, random_state=random_state).fit(data)
+    knee, distance = scree_knee(pca.explained_variance_ratio_)
+    kept = knee if n_components is None else max(1, min(int(n_components), m))
+    info = {"kept": kept, "method": METHOD if n_components is None else "user",
+            "scree": [float(v) for v in pca.explained_variance_ratio_],
+            "scree_distance": [float(v) for v in distance]}
+    return pca.transform(data)[:, :kept], pca, info

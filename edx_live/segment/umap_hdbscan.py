@@ -11,12 +11,10 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
 
 from .preprocess import PreprocessMixin
-from .scree import METHOD as SCREE_METHOD
-from .scree import scree_knee
+from .scree import pca_to_knee
 
 #: Default smallest cluster, as a fraction of the (binned) pixels.
 MIN_CLUSTER_FRACTION = 0.02
@@ -152,16 +150,11 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
             self.n_components_ = 0
             self.choices_.update(pca_components=0, pca_method="none")
             return data
-        m = max(1, min(self.max_pca_components, *data.shape))
-        pca = PCA(n_components=m, random_state=rng).fit(data)
-        knee, distance = scree_knee(pca.explained_variance_ratio_)
-        self.n_components_ = knee if self.pca_components is None else max(1, min(int(self.pca_components), m))
-        self.choices_.update(
-            pca_components=self.n_components_,
-            pca_method=SCREE_METHOD if self.pca_components is None else "user",
-            scree=[float(v) for v in pca.explained_variance_ratio_],
-            scree_distance=[float(v) for v in distance])
-        return pca.transform(data)[:, :self.n_components_]
+        scores, _, info = pca_to_knee(data, self.max_pca_components, self.pca_components, rng)
+        self.n_components_ = info["kept"]
+        self.choices_.update(pca_components=info["kept"], pca_method=info["method"], scree=info["scree"],
+                             scree_distance=info["scree_distance"])
+        return scores
 
     def _embed(self, data: np.ndarray, rng) -> np.ndarray:
         import umap
