@@ -29,8 +29,11 @@ def configure(fmt: str = "console", level: str = "info", stream=None) -> None:
 
 
 def get_logger(concern: str):
-    """The logger of one concern, e.g. ``get_logger("ingest")`` -> ``edx_live.ingest``."""
-    return structlog.get_logger(f"edx_live.{concern}").bind(logger=f"edx_live.{concern}")
+    """The logger of one concern, e.g. ``get_logger("ingest")`` -> ``edx_live.ingest``.
+
+    Lazy: safe at import time, it follows :func:`configure` whenever that is called.
+    """
+    return structlog.get_logger(logger_name=f"edx_live.{concern}")
 
 
 def truncate(text: str, limit: int = 200) -> str:

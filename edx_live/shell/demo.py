@@ -70,6 +70,17 @@ def _wait_for_status(sub: zmq.Socket, timeout_s: float) -> None:
     raise TimeoutError("no status from the service: the result socket did not connect")
 
 
+def _warm_up(out) -> None:
+    """Compile the ingest kernels and UMAP/HDBSCAN now, so the first live refit is not slow."""
+    from edx_live.core.kernels import warm_up as warm_up_kernels
+    from edx_live.segment import warm_up
+
+    print("edx_live demo: compiling the numerical kernels (a few seconds, cached for later runs)",
+          file=out, flush=True)
+    warm_up_kernels()
+    warm_up()
+
+
 def _produce(endpoint: str, frames: int, interval_s: float, context: zmq.Context) -> None:
     from edx_adapters.producer import send_replay
     from edx_adapters.replay import open_replay
@@ -96,6 +107,7 @@ def run_demo(frames: int = 16, interval_s: float = 0.25, out=None, timeout_s: fl
     sub = context.socket(zmq.SUB)
     sub.connect(publisher.endpoint)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    _warm_up(out)
     server.start()
     try:
         _wait_for_status(sub, 30.0)

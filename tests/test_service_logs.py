@@ -1,0 +1,40 @@
+"""The service's structured logs: a rejected message is one JSON line with its reason, detail truncated."""
+
+import io
+import json
+import threading
+
+from edx_live.config import load_settings
+from edx_live.logs import configure
+from edx_live.shell.publish import Collector
+from edx_live.shell.service import Service
+from edx_live.shell.transport import MemoryConnection
+
+
+def test_rejected_message_is_logged_as_structured_json():
+    buf = io.StringIO()
+    configure("json", "info", stream=buf)
+    try:
+        conn = MemoryConnection()
+        collector = Collector()
+        service = Service(load_settings(), conn, [collector], analyze=lambda s: [])
+        conn.put([b"\x81\xa8protocol\x01" + b"x" * 5000])  # valid msgpack map, garbage after it
+        runner = threading.Thread(target=service.run, daemon=True)
+        runner.start()
+        for _ in range(1000):  # bounded: at most 10 s
+            if service.ingest.rejected:
+                break
+            runner.join(0.01)
+        service.stop()
+        runner.join(10)
+    finally:
+        configure("console", "info")
+    records = [json.loads(line) for line in buf.getvalue().splitlines()]
+    rejected = [r for r in records if r["event"] == "message_rejected"]
+    assert len(rejected) == 1
+    r = rejected[0]
+    assert r["logger_name"] == "edx_live.ingest" and r["level"] == "warning"
+    assert r["reason"] == "not_msgpack" and r["rejected_total"] == 1
+    assert len(r["detail"]) <= 250
+    assert service.status().rejected == {"not_msgpack": 1}
+    assert collector.latest("status") is not None
