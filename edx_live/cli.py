@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     proc.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
     _analysis_options(proc)
     demo = sub.add_parser("demo", help="live loop over loopback sockets on the bundled FePt dataset")
-    demo.add_argument("--frames", type=int, default=16)
-    demo.add_argument("--interval", type=float, default=0.25, help="seconds between sweeps")
+    demo.add_argument("--frames", type=int, default=20)
+    demo.add_argument("--interval", type=float, default=0.5, help="seconds between sweeps")
     return parser
 
 
@@ -108,8 +108,7 @@ def _serve(settings, args) -> int:
         connection.close()
         raise StartupError(str(exc)) from None
     warm_up_kernels()
-    log.info("warming_up", seconds=round(warm_up(), 2))
-    service = Service(settings, connection, [publisher], Analyzer(settings))
+    service = Service(settings, connection, [publisher], Analyzer(settings), warm_up=warm_up)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: service.stop())

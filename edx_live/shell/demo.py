@@ -78,7 +78,7 @@ def _warm_up(out) -> None:
     print("edx_live demo: compiling the numerical kernels (a few seconds, cached for later runs)",
           file=out, flush=True)
     warm_up_kernels()
-    warm_up()
+    warm_up(approximate_neighbors=False)  # the bundled scan is small: UMAP uses exact neighbours
 
 
 def _produce(endpoint: str, frames: int, interval_s: float, context: zmq.Context) -> None:
@@ -93,7 +93,7 @@ def _produce(endpoint: str, frames: int, interval_s: float, context: zmq.Context
         push.close(linger=5000)
 
 
-def run_demo(frames: int = 16, interval_s: float = 0.25, out=None, timeout_s: float = 600.0) -> float:
+def run_demo(frames: int = 20, interval_s: float = 0.5, out=None, timeout_s: float = 600.0) -> float:
     """Run the demo; print updates to ``out``; return the wall time in seconds."""
     out = out or sys.stdout
     t0 = time.perf_counter()

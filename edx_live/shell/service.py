@@ -41,13 +41,18 @@ class Service:
         Receive every document (status, clusters, composition).
     analyze : callable ``Snapshot -> list of (header, arrays)``
         The refit: segmentation and quantification of one snapshot.
+    warm_up : callable, optional
+        Run first on the refit thread (JIT compilation), so start-up does not wait for it;
+        the first refit waits instead.
     """
 
-    def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze):
+    def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze,
+                 warm_up: Callable[[], object] | None = None):
         self.settings = settings
         self.connection = connection
         self.subscribers = list(subscribers)
         self.analyze = analyze
+        self._warm_up = warm_up
         self.ingest = Ingest(settings.accumulate.to_core())
         self.finished = 0  # acquisitions stopped and finally refitted
         self.refits = 0
@@ -69,6 +74,8 @@ class Service:
     def run(self, stop_after: int | None = None, poll_s: float = 0.05) -> None:
         """Serve until :meth:`stop`, or until ``stop_after`` acquisitions are finished."""
         self.connection.open()
+        if self._warm_up is not None:
+            self._running = self._executor.submit(self._warm, self._warm_up)
         next_status = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -152,6 +159,12 @@ class Service:
                        frames=snapshot.frames, counts=snapshot.counts, seconds=round(self.last_refit_s, 3))
         return final
 
+    @staticmethod
+    def _warm(warm_up) -> None:
+        t0 = time.perf_counter()
+        warm_up()
+        refit_log.info("warmed_up", seconds=round(time.perf_counter() - t0, 2))
+
     def _collect(self) -> None:
         """Finish a completed refit; re-raise its exception here, on the ingest thread."""
         future = self._running
@@ -159,6 +172,8 @@ class Service:
             return
         self._running = None
         final = future.result()  # raises the worker's exception, never lost
+        if final is None:  # the warm-up, not a refit
+            return
         self.refits += 1
         if final:
             self.finished += 1
