@@ -38,3 +38,24 @@ def test_rejected_message_is_logged_as_structured_json():
     assert len(r["detail"]) <= 250
     assert service.status().rejected == {"not_msgpack": 1}
     assert collector.latest("status") is not None
+
+
+def test_warm_up_runs_first_on_the_refit_thread_and_is_not_a_refit():
+    import numpy as np
+    from edx_protocol import encode
+
+    from test_ingest import events, start, stop  # the same message builders
+
+    order = []
+    conn = MemoryConnection()
+    settings = load_settings(overrides={"refit": {"min_counts": 1}})
+    service = Service(settings, conn, [Collector()],
+                      analyze=lambda snap: order.append(("refit", snap.final, snap.counts)) or [],
+                      warm_up=lambda: order.append(("warm", threading.current_thread().name)))
+    conn.put(encode(start()))
+    conn.put(events(1, np.arange(24), np.full(24, 3)))
+    conn.put(stop(2))
+    service.run(stop_after=1)
+    assert order[0][0] == "warm" and order[0][1].startswith("edx-live-refit")
+    assert order[-1] == ("refit", True, 24)
+    assert service.refits == len(order) - 1
