@@ -141,3 +141,41 @@ def test_pixel_outside_the_scan_is_rejected_over_the_socket(data_dir, context, s
     push.close()
     assert dict(ingest.rejected) == {"pixel_out_of_range": 1}
     np.testing.assert_array_equal(ingest.current.accumulator.cube, load_file_sum(data_dir / "test_TEM.bcf"))
+
+
+def test_service_subscribes_to_a_publishing_producer(data_dir, context, settings):
+    """SUB input: the producer binds an XPUB, the service connects and the sum is still exact."""
+    from edx_adapters.producer import make_socket, wait_for_subscriber
+
+    pub = make_socket("tcp://127.0.0.1:*", "pub", bind=True, context=context)
+    endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    server = ServiceThread(settings, context)
+    server.connection.close()
+    server.connection = server.service.connection = ZmqConnection(endpoint, "sub", bind=False, context=context)
+    server.connection.open()
+    server.start()
+    assert wait_for_subscriber(pub, 30.0)
+    send_replay(open_replay(data_dir / "test_TEM.bcf", frames=3), pub)
+    ingest = server.finish()
+    pub.close()
+    assert not ingest.rejected and ingest.current.missing == 0
+    np.testing.assert_array_equal(ingest.current.accumulator.cube, load_file_sum(data_dir / "test_TEM.bcf"))
+
+
+def test_acquisitions_in_a_row_each_start_fresh(data_dir, context, settings):
+    seen = []
+    server = ServiceThread(settings, context, analyze=lambda snap: seen.append(
+        (snap.start.acquisition_id, snap.counts, snap.final)) or [])
+    server.run = lambda: server.service.run(stop_after=2)
+    server.start()
+    push = push_socket(context, server.connection.endpoint)
+    names = ["test_TEM.bcf", "EMDReader_SpectrumImage_Si.emd"]
+    for name in names:
+        send_replay(open_replay(data_dir / name, acquisition_id=name.split(".")[0].replace("_", "-")), push)
+    server.join(120)
+    push.close()
+    finals = [s for s in seen if s[2]]
+    expected = [int(load_file_sum(data_dir / n).sum(dtype=np.uint64)) for n in names]
+    assert [f[1] for f in finals] == expected
+    assert [f[0] for f in finals] == ["test-TEM", "EMDReader-SpectrumImage-Si"]
+    assert server.service.finished == 2
