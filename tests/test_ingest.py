@@ -100,8 +100,10 @@ def test_stop_then_new_acquisition_starts_fresh(ingest):
 
 
 def test_start_of_a_new_acquisition_replaces_an_unfinished_one(ingest):
+    first = ingest.current
     out = ingest.receive(encode(start("acq-2")))
-    assert out.replaced == "acq-1"
+    assert out.replaced is first
+    assert (first.state, first.stop_reason, first.accumulator.counts) == ("stopped", "replaced", 300)
     assert ingest.current.acquisition_id == "acq-2"
     assert ingest.receive(encode(start("acq-2"))).reason == "duplicate_seq"
 

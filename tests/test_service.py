@@ -59,3 +59,23 @@ def test_warm_up_runs_first_on_the_refit_thread_and_is_not_a_refit():
     assert order[0][0] == "warm" and order[0][1].startswith("edx-live-refit")
     assert order[-1] == ("refit", True, 24)
     assert service.refits == len(order) - 1
+
+
+def test_an_acquisition_replaced_without_stop_still_gets_its_final_refit():
+    import numpy as np
+    from edx_protocol import encode
+
+    from test_ingest import events, start, stop  # the same message builders
+
+    finals = []
+    conn = MemoryConnection()
+    service = Service(load_settings(), conn, [Collector()],
+                      analyze=lambda snap: (finals.append((snap.start.acquisition_id, snap.counts))
+                                            if snap.final else None) or [])
+    conn.put(encode(start("acq-1")))
+    conn.put(events(1, np.arange(10), np.full(10, 3), aid="acq-1"))
+    conn.put(encode(start("acq-2")))  # acq-1's producer died before its stop
+    conn.put(events(1, np.arange(4), np.full(4, 3), aid="acq-2"))
+    conn.put(stop(2, aid="acq-2"))
+    service.run(stop_after=2)
+    assert finals == [("acq-1", 10), ("acq-2", 4)]

@@ -66,7 +66,7 @@ class Outcome:
     reason: str | None = None
     detail: str | None = None
     gap: tuple[int, int] | None = None
-    replaced: str | None = None
+    replaced: "Acquisition | None" = None  # an unfinished acquisition this start closed
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,9 @@ class Ingest:
                 self.settings.energy_min_kev, self.settings.energy_max_kev, self.settings.energy_rebin)
         except ValueError as exc:
             return self._reject("energy_range", str(exc), start, None)
-        replaced = acq.acquisition_id if acq is not None and acq.state == "acquiring" else None
+        replaced = acq if acq is not None and acq.state == "acquiring" else None
+        if replaced is not None:  # its producer never sent a stop: close it, keep its counts
+            replaced.state, replaced.stop_reason = "stopped", "replaced"
         self.current = Acquisition(start, Accumulator(start.scan_shape, start.energy_axis.channels, selection))
         if start.seq > 0:
             self.current.note_seq(start.seq)

@@ -106,9 +106,14 @@ class Service:
                         last=outcome.gap[1], missing_total=self.ingest.current.missing)
         if outcome.kind == "start":
             acq = self.ingest.current
+            replaced = outcome.replaced
             log.info("acquisition_start", acquisition_id=outcome.acquisition_id,
                      scan_shape=acq.start.scan_shape, channels=acq.accumulator.selection.channels,
-                     replaced=outcome.replaced)
+                     replaced=replaced.acquisition_id if replaced else None)
+            if replaced is not None:
+                log.warning("acquisition_replaced", acquisition_id=replaced.acquisition_id,
+                            frames=replaced.frames, counts=replaced.accumulator.counts)
+                self._finals.append(replaced)
             self._last_refit_at = time.monotonic()
             self.emit_status()
         elif outcome.kind == "stop":
