@@ -49,10 +49,12 @@ class Analyzer:
         if workflow == "pca-gmm":
             p = self.settings.pca_gmm
             return PcaGmm(n_components=p.n_components, n_clusters=p.n_clusters, max_components=p.max_components,
-                          max_clusters=p.max_clusters, random_state=p.random_state)
+                          max_clusters=p.max_clusters, scaling=p.scaling, energy_rebin=p.energy_rebin,
+                          random_state=p.random_state)
         p = self.settings.umap_hdbscan
         return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors,
-                           min_cluster_size=p.min_cluster_size, random_state=p.random_state)
+                           min_cluster_size=p.min_cluster_size, scaling=p.scaling, energy_rebin=p.energy_rebin,
+                           pca_components=p.pca_components, random_state=p.random_state)
 
     def __call__(self, snapshot: Snapshot) -> list:
         documents = []

@@ -69,9 +69,14 @@ class RefitSettings(_Section):
     min_counts: int = Field(1000, ge=0, description="Counts needed before the first refit.")
 
 
+Scaling = Literal["robust", "poisson", "none"]
+
+
 class PcaGmmSettings(_Section):
     n_components: int | None = Field(None, ge=1, description="PCA components; None = scree change point.")
-    n_clusters: int | None = Field(None, ge=1, description="Mixture components; None = lowest BIC.")
+    n_clusters: int | None = Field(None, ge=1, description="Mixture components; None = lowest ICL.")
+    scaling: Scaling = Field("robust", description="Per-channel scaling before PCA (the study: robust).")
+    energy_rebin: int = Field(1, ge=1, description="Channels summed before fitting.")
     max_components: int = Field(20, ge=2)
     max_clusters: int = Field(8, ge=2)
     random_state: int = 0
@@ -82,6 +87,9 @@ class UmapHdbscanSettings(_Section):
     n_neighbors: int = Field(15, ge=2)
     min_cluster_size: int | None = Field(
         None, ge=2, description="Pixels (binned) the smallest feature covers; None = 2 % of the pixels.")
+    scaling: Scaling = Field("poisson", description="Per-channel scaling (the study: robust; see README).")
+    energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
+    pca_components: int | None = Field(None, ge=0, description="PCA before UMAP; None = scree knee, 0 = none.")
     random_state: int = 0
 
 

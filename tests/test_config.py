@@ -61,3 +61,16 @@ def test_cli_kfactors_reach_the_settings():
     s = load_settings(None, _overrides(args))
     assert s.quantify.kfactors == {"Fe_Ka": 1.45, "Pt_La": 5.07}
     assert s.pca_gmm.n_clusters == 3 and s.refit.workflows == ["pca-gmm"]
+
+
+def test_workflow_settings_reach_the_estimators():
+    from edx_live.analysis import Analyzer
+
+    s = load_settings(overrides={"umap_hdbscan": {"scaling": "robust", "energy_rebin": 1, "pca_components": 0,
+                                                  "min_cluster_size": 12},
+                                 "pca_gmm": {"n_clusters": 4, "scaling": "poisson"}})
+    umap_params = Analyzer(s).estimator("umap-hdbscan").get_params()
+    assert {k: umap_params[k] for k in ("scaling", "energy_rebin", "pca_components", "min_cluster_size")} == \
+        {"scaling": "robust", "energy_rebin": 1, "pca_components": 0, "min_cluster_size": 12}
+    gmm_params = Analyzer(s).estimator("pca-gmm").get_params()
+    assert (gmm_params["n_clusters"], gmm_params["scaling"]) == (4, "poisson")
