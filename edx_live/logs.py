@@ -10,8 +10,25 @@ import structlog
 CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service")
 
 
+class _StderrLogger:
+    """Writes each rendered line to whatever ``sys.stderr`` is at that moment.
+
+    Holding on to the stream object at configure time breaks when it is later
+    replaced (a supervisor reopening logs, a test harness capturing output).
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _stderr_factory(*args):
+    return _StderrLogger()
+
+
 def configure(fmt: str = "console", level: str = "info", stream=None) -> None:
-    """Route all edx_live loggers to ``stream`` (stderr) as console lines or JSON lines."""
+    """Route all edx_live loggers to ``stream`` (default: the current stderr) as console or JSON lines."""
     renderer = (structlog.processors.JSONRenderer() if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
@@ -23,7 +40,7 @@ def configure(fmt: str = "console", level: str = "info", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream) if stream is not None else _stderr_factory,
         cache_logger_on_first_use=False,
     )
 

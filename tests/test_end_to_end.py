@@ -15,10 +15,11 @@ from edx_live.shell.demo import bundled_dataset, run_demo
 KFACTORS = {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
 
 
-def _receive_until_final(sub, timeout_s=300.0):
+def _receive_until_final(sub, server, timeout_s=300.0):
     documents, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not sub.poll(200):
+            assert server.is_alive(), "the service thread ended before its final update"
             continue
         frames = sub.recv_multipart(copy=False)
         header, arrays = decode_result(frames[1:])
@@ -59,7 +60,7 @@ def test_producer_to_result_subscriber(tmp_path):
     push = ctx.socket(zmq.PUSH)
     push.connect(conn.endpoint)
     send_replay(open_replay(bundled_dataset(), frames=6), push)
-    documents = _receive_until_final(sub)
+    documents = _receive_until_final(sub, server)
     server.join(60)
     for s in (push, sub):
         s.close(linger=0)

@@ -28,7 +28,7 @@ def test_rejected_message_is_logged_as_structured_json():
         service.stop()
         runner.join(10)
     finally:
-        configure("console", "info")
+        configure("console", "info")  # back to the current stderr
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
     rejected = [r for r in records if r["event"] == "message_rejected"]
     assert len(rejected) == 1
@@ -79,3 +79,17 @@ def test_an_acquisition_replaced_without_stop_still_gets_its_final_refit():
     conn.put(stop(2, aid="acq-2"))
     service.run(stop_after=2)
     assert finals == [("acq-1", 10), ("acq-2", 4)]
+
+
+def test_logs_follow_stderr_even_after_the_configured_one_is_closed(monkeypatch):
+    """A closed, replaced stderr (log rotation, output capture) must not break a later log line."""
+    from edx_live.logs import get_logger
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure("json", "info")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    get_logger("service").info("still_logging", n=1)
+    assert json.loads(second.getvalue())["event"] == "still_logging"
