@@ -1,0 +1,395 @@
+"""A synthetic STEM-EDX acquisition whose answer is known, to score any run.
+
+>>> phantom = make_phantom((128, 128), seed=0)              # doctest: +SKIP
+>>> replay = synthetic_replay(phantom, dose=200, frames=10)  # doctest: +SKIP
+>>> phantom.labels, phantom.compositions                     # the truth   # doctest: +SKIP
+
+A phantom is a few phases with known compositions (atomic %) laid out as
+grains of different sizes in a matrix. Boundaries mix neighbouring phases
+over a few pixels and the thickness varies smoothly, so the counts per pixel
+vary too. Each pure phase has an expected spectrum: X-ray lines at the
+energies and relative weights of exspy's database, with the detector's
+energy-dependent width, on a Kramers continuum that rolls off at low energy.
+:meth:`Phantom.frames` draws Poisson events sweep by sweep; the sweeps are
+independent, so their sum is a Poisson draw of the full dose.
+
+Intensity model (what a quantification should undo): the principal line of
+each element has an intensity proportional to its weight fraction divided by
+its k-factor (:attr:`Phantom.kfactors`, 1 for every line), so Cliff-Lorimer
+with these k-factors returns the true composition. The low-energy roll-off
+applies to the continuum only; the lines' k-factors already hold the
+detector efficiency.
+
+exspy (and with it HyperSpy) is imported only when a phantom is built, never
+when this module is imported: producers must stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from edx_protocol import Detector, EnergyAxis, EventsFrame, Start
+
+from .formats.common import DEFAULT_AZIMUTH_DEG, DEFAULT_ELEVATION_DEG, Chunk, Source
+from .formats.jeol import split_by_pixel
+from .replay import Replay, _check_int, default_acquisition_id
+
+#: Detector resolution at Mn Ka (eV), typical of a silicon drift detector.
+DEFAULT_RESOLUTION_EV = 130.0
+#: Continuum counts per characteristic count for a phase of mean Z 26 (Kramers: proportional to Z).
+CONTINUUM_PER_LINE_AT_FE = 0.15
+#: Energy (keV) of the continuum's low-energy absorption roll-off, exp(-(E_abs/E)^3).
+ABSORPTION_KEV = 0.8
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a phantom: what it is made of and how its grains look.
+
+    Attributes
+    ----------
+    name : str
+    composition : mapping of str to float
+        Atomic percent per element (normalised to 100 when the phantom is built).
+    xray_lines : tuple of str
+        The line quantified for each element, HyperSpy style (``"Fe_Ka"``); the
+        spectrum holds every line of that family (K, L or M).
+    brightness : float
+        Counts per unit thickness relative to the other phases (a light oxide
+        emits fewer X-rays than a metal).
+    grains : int
+        Number of grains; 0 for the matrix, which fills what the grains leave.
+    radius : (float, float)
+        Range of grain radii as a fraction of the scan's shorter side, so a
+        512 x 512 phantom is the 128 x 128 one sampled four times finer.
+    """
+
+    name: str
+    composition: Mapping[str, float]
+    xray_lines: tuple[str, ...]
+    brightness: float = 1.0
+    grains: int = 0
+    radius: tuple[float, float] = (0.0, 0.0)
+
+
+#: Matrix (first, fills the rest), then medium grains, one large inclusion and
+#: small particles 4-8 pixels across at 128 x 128. Ag La/Lb and Cd La overlap.
+DEFAULT_PHASES = (
+    Phase("Fe-Cr-Ni alloy matrix", {"Fe": 70.0, "Cr": 19.0, "Ni": 11.0}, ("Fe_Ka", "Cr_Ka", "Ni_Ka")),
+    Phase("Cu-rich grains", {"Cu": 88.0, "Ni": 7.0, "Fe": 5.0}, ("Cu_Ka", "Ni_Ka", "Fe_Ka"),
+          brightness=1.1, grains=4, radius=(0.06, 0.09)),
+    Phase("Al2O3 inclusion", {"Al": 40.0, "O": 60.0}, ("Al_Ka", "O_Ka"),
+          brightness=0.6, grains=1, radius=(0.13, 0.15)),
+    Phase("Ag-Cd particles", {"Ag": 65.0, "Cd": 35.0}, ("Ag_La", "Cd_La"),
+          brightness=1.3, grains=6, radius=(0.016, 0.031)),
+)
+
+
+@lru_cache(maxsize=None)
+def _family(line: str) -> tuple[tuple[float, float], ...]:
+    """(energy keV, relative weight) of every line of ``line``'s family, from exspy's database."""
+    from exspy.material import elements  # lazy: pulls in HyperSpy
+
+    element, _, name = line.partition("_")
+    table = elements[element]["Atomic_properties"]["Xray_lines"]
+    if name not in table:
+        raise ValueError(f"{line!r}: {element} has no line {name!r} in exspy's database")
+    return tuple((float(p["energy (keV)"]), float(p["weight"]))
+                 for key, p in table.as_dictionary().items() if key[0] == name[0])
+
+
+@lru_cache(maxsize=None)
+def _atomic_number(element: str) -> int:
+    from exspy.material import elements
+
+    return int(elements[element]["General_properties"]["Z"])
+
+
+def fwhm_kev(resolution_mnka_ev: float, energy_kev):
+    """Detector FWHM (keV) at ``energy_kev``, exspy's Fiori-Newbury rule."""
+    try:
+        from exspy._misc.eds.utils import get_FWHM_at_Energy
+    except ImportError:  # private in exspy 0.3; same formula
+        return np.sqrt(resolution_mnka_ev ** 2 + 2.5 * (np.asarray(energy_kev) - 5.9) * 1000) / 1000
+    return get_FWHM_at_Energy(resolution_mnka_ev, energy_kev)
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A synthetic specimen with its true answer.
+
+    Attributes
+    ----------
+    phases : tuple of Phase
+    labels : numpy.ndarray of int, shape (rows, columns)
+        The phase that dominates each pixel (index into ``phases``).
+    fractions : numpy.ndarray of float32, shape (n_phases, rows, columns)
+        Mixing weight of each phase per pixel; they sum to 1.
+    thickness : numpy.ndarray of float32, shape (rows, columns)
+        Relative thickness (mean about 1).
+    spectra : numpy.ndarray of float64, shape (n_phases, channels)
+        Expected counts per unit thickness of each pure phase; each sums to its brightness.
+    compositions : tuple of dict
+        True atomic percent of each phase.
+    energy_axis : edx_protocol.EnergyAxis
+    beam_energy_kev, resolution_ev : float
+    kfactors : dict of str to float
+        The k-factor of every line, as used to build the spectra.
+    """
+
+    phases: tuple[Phase, ...]
+    labels: np.ndarray
+    fractions: np.ndarray
+    thickness: np.ndarray
+    spectra: np.ndarray
+    compositions: tuple[dict[str, float], ...]
+    energy_axis: EnergyAxis
+    beam_energy_kev: float
+    resolution_ev: float
+    kfactors: dict[str, float]
+    _rate: np.ndarray = field(repr=False)   # (n_pixels,) expected counts per unit dose
+    _mix: np.ndarray = field(repr=False)    # (n_pixels, n_phases) cumulative P(phase | X-ray)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.labels.shape
+
+    @property
+    def elements(self) -> list[str]:
+        return sorted({e for c in self.compositions for e in c})
+
+    @property
+    def xray_lines(self) -> list[str]:
+        return sorted({line for p in self.phases for line in p.xray_lines})
+
+    def expected_total(self, dose: float) -> np.ndarray:
+        """Expected counts per pixel (rows, columns); their mean is ``dose``."""
+        return (self._rate * dose).reshape(self.shape)
+
+    def expected_sum(self, dose: float, mask: np.ndarray | None = None) -> np.ndarray:
+        """Expected spectrum (channels,) summed over the pixels of ``mask`` (all by default).
+
+        Cheap at any scan size, unlike :meth:`expected`.
+        """
+        weight = self.fractions * self.thickness * self._scale
+        if mask is not None:
+            weight = weight[:, np.asarray(mask, dtype=bool)]
+        return dose * weight.reshape(len(self.phases), -1).sum(axis=1, dtype=np.float64) @ self.spectra
+
+    def expected(self, dose: float) -> np.ndarray:
+        """Expected counts cube (rows, columns, channels) as float32.
+
+        Dense: 2 GB at 512 x 512 x 2048; use :meth:`expected_sum` for large scans.
+        """
+        weight = (self.fractions * (self.thickness * self._scale * dose)).reshape(len(self.phases), -1)
+        return (weight.T @ self.spectra.astype(np.float32)).reshape(*self.shape, -1)
+
+    @property
+    def _scale(self) -> float:
+        # Thickness and brightness are relative: scale so the mean counts per pixel equal the dose.
+        per_pixel = self.thickness.ravel() * (self.fractions.reshape(len(self.phases), -1).T
+                                              @ self.spectra.sum(axis=1))
+        return float(1.0 / per_pixel.mean())
+
+    def frames(self, dose: float, n_frames: int, seed=None) -> Iterator[dict[str, np.ndarray]]:
+        """Poisson X-ray events sweep by sweep: ``{"pixel": <u4, "channel": <u2}``, sorted by pixel.
+
+        Each sweep gets ``dose / n_frames`` counts per pixel on average; the
+        sum of the sweeps is a Poisson draw of :meth:`expected` at ``dose``.
+        The same seed gives the same events.
+        """
+        _check_int("n_frames", n_frames, allow_none=False)
+        rng = np.random.default_rng(seed)
+        lam = self._rate * (dose / n_frames)
+        # One searchsorted over every phase's CDF: phase k's CDF is shifted up by k.
+        cdf = np.cumsum(self.spectra, axis=1)
+        cdf /= cdf[:, -1:]
+        stacked = (cdf + np.arange(len(cdf))[:, None]).ravel()
+        channels = self.spectra.shape[1]
+        for _ in range(n_frames):
+            pixel = np.repeat(np.arange(lam.size, dtype=np.uint32), rng.poisson(lam))
+            phase = self._draw_phase(pixel, rng)
+            index = np.searchsorted(stacked, rng.random(pixel.size) + phase, side="right")
+            channel = np.minimum(index - phase * channels, channels - 1)
+            yield {"pixel": pixel, "channel": channel.astype(np.uint16)}
+
+    def _draw_phase(self, pixel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = rng.random(pixel.size, dtype=np.float32)
+        cum = self._mix[pixel]
+        return (u[:, None] >= cum[:, :-1]).sum(axis=1, dtype=np.int64)
+
+    def start_fields(self, frames: int | None = None, dose: float | None = None) -> dict:
+        """Keyword arguments for :class:`edx_protocol.Start` except the id and seq."""
+        rows, columns = self.shape
+        title = f"synthetic {len(self.phases)}-phase phantom {rows}x{columns}"
+        return {
+            "scan_shape": self.shape, "energy_axis": self.energy_axis, "beam_energy_kev": self.beam_energy_kev,
+            "detectors": [Detector(name="synthetic", elevation_deg=DEFAULT_ELEVATION_DEG,
+                                   azimuth_deg=DEFAULT_AZIMUTH_DEG, energy_resolution_mnka_ev=self.resolution_ev)],
+            "expected_frames": frames, "elements": self.elements, "xray_lines": self.xray_lines,
+            "instrument": "edx_adapters.synthetic",
+            "title": title if dose is None else f"{title} at {dose:g} counts/pixel",
+        }
+
+
+def make_phantom(shape: tuple[int, int] = (128, 128), phases: Sequence[Phase] = DEFAULT_PHASES,
+                 channels: int = 2048, offset_kev: float = 0.0, scale_kev: float = 0.01,
+                 beam_energy_kev: float = 200.0, resolution_ev: float = DEFAULT_RESOLUTION_EV,
+                 boundary_px: float | None = None, seed=0) -> Phantom:
+    """Build a phantom: grains laid out with ``seed``, spectra from exspy's line database.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Scan (rows, columns).
+    phases : sequence of Phase
+        The first is the matrix; the others are placed as grains, largest first, without overlap.
+    channels, offset_kev, scale_kev : int, float, float
+        Energy axis: E(channel i) = offset + i * scale.
+    beam_energy_kev : float
+        Lines above it are not excited.
+    resolution_ev : float
+        Detector FWHM at Mn Ka.
+    boundary_px : float, optional
+        Width over which phases mix at a boundary (default 2 pixels at 128, scaled with the scan).
+    seed : None, int or numpy.random.Generator
+
+    Raises
+    ------
+    ValueError
+        Unknown element or line, or grains that do not fit in the scan.
+    """
+    rng = np.random.default_rng(seed)
+    rows, columns = (int(n) for n in shape)
+    axis = EnergyAxis(offset_kev=offset_kev, scale_kev=scale_kev, channels=channels)
+    width = boundary_px if boundary_px is not None else 2.0 * min(rows, columns) / 128
+    fractions = _layout(phases, (rows, columns), width, rng)
+    thickness = _thickness((rows, columns), rng)
+    compositions = tuple({e: 100.0 * v / sum(p.composition.values()) for e, v in p.composition.items()}
+                         for p in phases)
+    kfactors = {line: 1.0 for p in phases for line in p.xray_lines}
+    energy = offset_kev + scale_kev * np.arange(channels)
+    spectra = np.stack([_spectrum(p, c, energy, beam_energy_kev, resolution_ev, kfactors)
+                        for p, c in zip(phases, compositions)])
+    # P(phase | an X-ray from this pixel) follows fraction times brightness.
+    emit = fractions.reshape(len(phases), -1).T * spectra.sum(axis=1)
+    rate = emit.sum(axis=1) * thickness.ravel()
+    rate /= rate.mean()
+    mix = np.cumsum(emit / emit.sum(axis=1, keepdims=True), axis=1, dtype=np.float32)
+    labels = np.argmax(fractions, axis=0)
+    return Phantom(tuple(phases), labels, fractions, thickness, spectra, compositions, axis,
+                   float(beam_energy_kev), float(resolution_ev), kfactors, rate, mix)
+
+
+def _spectrum(phase: Phase, atomic: Mapping[str, float], energy: np.ndarray, beam_kev: float,
+              resolution_ev: float, kfactors: Mapping[str, float]) -> np.ndarray:
+    """Expected spectrum of a pure phase, summing to its brightness."""
+    from exspy.material import atomic_to_weight
+
+    elements = [line.partition("_")[0] for line in phase.xray_lines]
+    if sorted(elements) != sorted(atomic):
+        raise ValueError(f"phase {phase.name!r}: give one X-ray line per element of its composition")
+    weight = np.asarray(atomic_to_weight([atomic[e] for e in elements], elements), dtype=float)
+    weight /= weight.sum()
+    scale = energy[1] - energy[0] if energy.size > 1 else 1.0
+    lines = np.zeros_like(energy)
+    for line, w in zip(phase.xray_lines, weight):
+        for e_line, rel in _family(line):
+            if e_line >= beam_kev:
+                continue
+            sigma = fwhm_kev(resolution_ev, e_line) / (2 * np.sqrt(2 * np.log(2)))
+            peak = np.exp(-0.5 * ((energy - e_line) / sigma) ** 2) * scale / (sigma * np.sqrt(2 * np.pi))
+            lines += w / kfactors[line] * rel * peak
+    z_mean = float(np.dot(weight, [_atomic_number(e) for e in elements]))
+    positive = np.clip(energy, 1e-6, None)
+    kramers = np.where(energy > 0, np.clip(beam_kev - energy, 0, None) / positive, 0.0)
+    kramers *= np.exp(-(ABSORPTION_KEV / positive) ** 3)
+    kramers *= CONTINUUM_PER_LINE_AT_FE * z_mean / 26 * lines.sum() / kramers.sum()
+    total = lines + kramers
+    return phase.brightness * total / total.sum()
+
+
+def _layout(phases: Sequence[Phase], shape: tuple[int, int], width: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """Fractions (n_phases, rows, columns): grains with soft, slightly wavy edges in the matrix."""
+    rows, columns = shape
+    side = min(shape)
+    grains = sorted(((rng.uniform(*p.radius) * side, k) for k, p in enumerate(phases) for _ in range(p.grains)),
+                    reverse=True)
+    fractions = np.zeros((len(phases), rows, columns), dtype=np.float32)
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    placed: list[tuple[float, float, float]] = []
+    for radius, k in grains:
+        cy, cx = _place(radius, placed, shape, width, rng)
+        placed.append((cy, cx, radius))
+        angle = np.arctan2(y - cy, x - cx)
+        wobble = 1 + 0.08 * np.cos(2 * angle + rng.uniform(0, 2 * np.pi)) \
+            + 0.05 * np.cos(3 * angle + rng.uniform(0, 2 * np.pi))
+        inside = radius * wobble - np.hypot(y - cy, x - cx)
+        fractions[k] += np.clip(0.5 + inside / width, 0, 1)
+    fractions[0] = 1 - fractions[1:].sum(axis=0)
+    return fractions
+
+
+def _place(radius: float, placed, shape, width: float, rng: np.random.Generator) -> tuple[float, float]:
+    """A centre for a grain that keeps it inside the scan and clear of the grains placed."""
+    margin = 1.15 * radius + width
+    for _ in range(2000):
+        cy, cx = (rng.uniform(margin, n - margin) if n > 2 * margin else np.nan for n in shape)
+        if np.isnan(cy) or np.isnan(cx):
+            break
+        if all(np.hypot(cy - py, cx - px) > 1.15 * (radius + pr) + 2 * width for py, px, pr in placed):
+            return float(cy), float(cx)
+    raise ValueError(f"cannot place a grain of radius {radius:.1f} px in a {shape} scan; "
+                     "use fewer or smaller grains, or a larger scan")
+
+
+def _thickness(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A wedge (0.8 to 1.2 across the columns) with gentle seeded bumps."""
+    y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    y, x = y / shape[0], x / shape[1]
+    bumps = sum(0.05 * np.sin(2 * np.pi * (f * x + g * y) + rng.uniform(0, 2 * np.pi))
+                for f, g in rng.integers(1, 4, size=(3, 2)))
+    return (0.8 + 0.4 * x + bumps).astype(np.float32)
+
+
+def synthetic_replay(phantom: Phantom, dose: float = 200.0, frames: int = 10, seed=0,
+                     chunk_pixels: int | None = None, acquisition_id: str | None = None) -> Replay:
+    """The phantom's acquisition as a :class:`~edx_adapters.replay.Replay` of events frames.
+
+    Parameters
+    ----------
+    phantom : Phantom
+    dose : float
+        Mean counts per pixel over the whole acquisition.
+    frames : int
+        Sweeps; each carries ``dose / frames`` counts per pixel on average.
+    seed : None or int
+        Seed of the Poisson draws; :meth:`Replay.messages` yields the same
+        events at every call and for any ``chunk_pixels``.
+    chunk_pixels : int, optional
+        Pixels per message (default one scan row).
+    acquisition_id : str, optional
+        Default ``synthetic-`` plus a random suffix.
+    """
+    _check_int("frames", frames, allow_none=False)
+    _check_int("chunk_pixels", chunk_pixels)
+    if not dose > 0:
+        raise ValueError(f"dose must be positive (mean counts per pixel), got {dose!r}")
+    n_pixels = phantom.labels.size
+
+    def chunks(block: int) -> Iterator[Chunk]:
+        for index, events in enumerate(phantom.frames(dose, frames, seed)):
+            ranges = list(split_by_pixel(events["pixel"], n_pixels, block)) or [(0, 0)]
+            for lo, hi in ranges:  # an empty sweep still sends one message, as for .pts files
+                yield Chunk(index, EventsFrame, {}, {name: a[lo:hi] for name, a in events.items()})
+
+    fields = phantom.start_fields(frames, dose)
+    start = Start(acquisition_id=acquisition_id or default_acquisition_id("synthetic"), seq=0, **fields)
+    chunk = int(chunk_pixels) if chunk_pixels is not None else phantom.shape[1]
+    return Replay(start=start, frames=frames, chunk_pixels=chunk, path=Path("synthetic"),
+                  _source=Source(fields, frames, chunks))
