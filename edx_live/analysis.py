@@ -16,6 +16,7 @@ from edx_live.logs import get_logger
 from edx_live.quantify import quantify_clusters, resolve_lines
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
+from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, Matching, match_clusters
 
 log = get_logger("segment")
 qlog = get_logger("quantify")
@@ -29,6 +30,8 @@ class WorkflowOutput:
     result: SegmentationResult
     quantification: object | None
     quantify_seconds: float
+    matching: Matching | None = None
+    convergence: ConvergenceState | None = None
 
 
 class Analyzer:
@@ -43,6 +46,7 @@ class Analyzer:
         self.settings = settings
         self.latest: dict[str, WorkflowOutput] = {}
         self.errors = 0
+        self._convergence: dict[str, ConvergenceTracker] = {}
 
     def estimator(self, workflow: str):
         """A fresh, unfitted estimator for ``workflow``."""
@@ -67,10 +71,13 @@ class Analyzer:
                 log.exception("segment_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                               refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
                 continue
+            matching, state = self._track(workflow, snapshot, result)
+            result = matching.result
             log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                      refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
-                     seconds=round(result.fit_seconds, 3))
-            documents.append(clusters_document(snapshot, result))
+                     appeared=matching.appeared, vanished=matching.vanished, agreement=state.ari,
+                     converged=state.converged, seconds=round(result.fit_seconds, 3))
+            documents.append(clusters_document(snapshot, result, matching, state))
             try:
                 quant, seconds = self._quantify(snapshot, result)
             except Exception:
@@ -78,10 +85,21 @@ class Analyzer:
                 qlog.exception("quantify_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                                refit=snapshot.refit)
                 quant, seconds = None, 0.0
-            self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds)
+            self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds, matching, state)
             if quant is not None:
-                documents.append(composition_document(snapshot, workflow, quant, seconds))
+                documents.append(composition_document(snapshot, result, quant, seconds))
         return documents
+
+    def _track(self, workflow: str, snapshot: Snapshot, result: SegmentationResult):
+        """Give clusters the ids of the previous refit of the same acquisition; measure the change."""
+        before = self.latest.get(workflow)
+        same = before is not None and before.snapshot.start.acquisition_id == snapshot.start.acquisition_id
+        previous = before.result if same else None
+        t = self.settings.tracking
+        matching = match_clusters(previous, result, pixel_weight=t.pixel_weight, min_similarity=t.min_similarity)
+        tracker = self._convergence.setdefault(workflow, ConvergenceTracker(
+            ari_threshold=t.ari_threshold, spectrum_threshold=t.spectrum_threshold, patience=t.patience))
+        return matching, tracker.update(previous, matching.result)
 
     def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
         q = self.settings.quantify

@@ -106,6 +106,16 @@ class QuantifySettings(_Section):
         return parse_kfactors(value)
 
 
+class TrackingSettings(_Section):
+    """Stable cluster ids across refits and the ``converged`` rule (protocol/SPEC.md 7.3)."""
+
+    pixel_weight: float = Field(0.5, ge=0, le=1, description="Weight of pixel overlap against spectrum shape.")
+    min_similarity: float = Field(0.5, ge=0, le=1, description="Pairs less similar are never matched.")
+    ari_threshold: float = Field(0.95, ge=0, le=1, description="Least label agreement with the previous refit.")
+    spectrum_threshold: float = Field(0.05, ge=0, le=1, description="Largest Hellinger change of a spectrum.")
+    patience: int = Field(2, ge=1, description="Consecutive refits within both thresholds before converged.")
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see each section."""
 
@@ -118,6 +128,7 @@ class Settings(BaseSettings):
     pca_gmm: PcaGmmSettings = Field(default_factory=PcaGmmSettings)
     umap_hdbscan: UmapHdbscanSettings = Field(default_factory=UmapHdbscanSettings)
     quantify: QuantifySettings = Field(default_factory=QuantifySettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -7,6 +7,15 @@ from edx_protocol import NOISE_LABEL, ClusterInfo, Clusters, Composition, descri
 
 from edx_live.core.snapshot import Snapshot
 from edx_live.segment.result import SegmentationResult
+from edx_live.segment.tracking import cluster_ids
+
+
+#: Kept in ``choices`` by the tracker; published as cluster labels instead.
+_TRACKING_KEYS = ("cluster_ids", "next_cluster_id")
+
+
+def _finite(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _common(snapshot: Snapshot) -> dict:
@@ -26,26 +35,38 @@ def _jsonable(value):
     return value
 
 
-def clusters_document(snapshot: Snapshot, result: SegmentationResult) -> tuple[Clusters, dict]:
-    """The ``clusters/<workflow>`` document: label map, cluster-sum spectra, what was chosen."""
+def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=None,
+                      convergence=None) -> tuple[Clusters, dict]:
+    """The ``clusters/<workflow>`` document: label map, cluster-sum spectra, what was chosen.
+
+    ``matching`` (tracking.Matching) and ``convergence`` (tracking.ConvergenceState) add the
+    stable ids, what appeared or vanished, and whether the answer has settled.
+    """
     labels = np.where(result.labels < 0, NOISE_LABEL, result.labels).astype(np.uint16)
     arrays = {"labels": labels, "spectra": np.rint(result.spectra).astype(np.uint64)}
     if result.confidence is not None:
         arrays["confidence"] = np.asarray(result.confidence, dtype=np.float32)
-    clusters = [ClusterInfo(label=i, pixels=int(result.pixels[i]), counts=int(round(result.spectra[i].sum())))
-                for i in range(result.n_clusters)]
+    ids = cluster_ids(result)
+    clusters = [ClusterInfo(label=int(ids[i]), pixels=int(result.pixels[i]),
+                            counts=int(round(result.spectra[i].sum()))) for i in range(result.n_clusters)]
+    tracking = {} if matching is None else {"appeared": matching.appeared, "vanished": matching.vanished}
+    if convergence is not None:
+        tracking.update(agreement=_finite(convergence.ari), spectrum_change=_finite(convergence.spectrum_change),
+                        converged=convergence.converged, convergence_criterion=convergence.criterion)
+    choices = {k: _jsonable(v) for k, v in result.choices.items() if k not in _TRACKING_KEYS}
     header = Clusters(**_common(snapshot), workflow=result.workflow, refit_s=result.fit_seconds,
                       bin_factor=snapshot.bin_factor, energy_offset_kev=snapshot.offset_kev,
                       energy_scale_kev=snapshot.scale_kev, clusters=clusters,
-                      noise_pixels=result.noise_pixels,
-                      choices={k: _jsonable(v) for k, v in result.choices.items()},
-                      arrays=describe(arrays))
+                      noise_pixels=result.noise_pixels, choices=choices, arrays=describe(arrays), **tracking)
     return header, arrays
 
 
-def composition_document(snapshot: Snapshot, workflow: str, quant, seconds: float) -> tuple[Composition, dict]:
-    """The ``composition/<workflow>`` document from a quantification result."""
-    header = Composition(**_common(snapshot), workflow=workflow, quantify_s=seconds, method=quant.method,
+def composition_document(snapshot: Snapshot, result: SegmentationResult, quant,
+                         seconds: float) -> tuple[Composition, dict]:
+    """The ``composition/<workflow>`` document; clusters carry the segmentation's ids."""
+    ids = cluster_ids(result)
+    clusters = [c.model_copy(update={"label": int(ids[c.label])}) for c in quant.clusters]
+    header = Composition(**_common(snapshot), workflow=result.workflow, quantify_s=seconds, method=quant.method,
                          kfactor_source=quant.kfactor_source, kfactors=quant.kfactors,
-                         xray_lines=list(quant.xray_lines), clusters=quant.clusters)
+                         xray_lines=list(quant.xray_lines), clusters=clusters)
     return header, {}

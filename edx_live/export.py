@@ -15,6 +15,7 @@ from edx_protocol import Start
 
 from edx_live.quantify.signal import axis, eds_signal, microscope_for
 from edx_live.segment.result import NOISE, SegmentationResult
+from edx_live.segment.tracking import cluster_ids
 
 
 def _spatial_axes(start: Start, shape: tuple[int, int], bin_factor: int = 1) -> list[dict]:
@@ -81,19 +82,23 @@ def labels_signal(result: SegmentationResult, start: Start, bin_factor: int):
     import hyperspy.api as hs
 
     labels = np.asarray(result.labels, dtype=np.int32)
+    ids = cluster_ids(result)
     s = hs.signals.Signal2D(labels, axes=[{**ax, "navigate": False}
                                           for ax in _spatial_axes(start, labels.shape, bin_factor)])
     s.metadata.General.title = _title(start, f"{result.workflow} clusters ({NOISE} = noise)")
     s.original_metadata.set_item("edx_live", {"acquisition_id": start.acquisition_id,
                                               "workflow": result.workflow, "bin_factor": int(bin_factor),
-                                              "noise_label": NOISE,
+                                              "noise_label": NOISE, "cluster_ids": ids,
                                               "pixels": np.asarray(result.pixels, dtype=np.int64)})
     return s
 
 
 def cluster_spectra_signal(result: SegmentationResult, start: Start, energy_offset_kev: float,
                            energy_scale_kev: float):
-    """A workflow's cluster-sum spectra as an EDS signal navigated by cluster index.
+    """A workflow's cluster-sum spectra as an EDS signal navigated by cluster row.
+
+    Row ``i`` is the cluster whose label is ``original_metadata.edx_live.cluster_ids[i]``
+    (ids are stable across refits and may have gaps).
 
     Raises
     ------
@@ -105,6 +110,7 @@ def cluster_spectra_signal(result: SegmentationResult, start: Start, energy_offs
     s = _eds(np.asarray(result.spectra, dtype=np.float64), start, energy_offset_kev, energy_scale_kev,
              [axis("cluster", result.n_clusters)], _title(start, f"{result.workflow} cluster-sum spectra"))
     s.original_metadata.set_item("edx_live.workflow", result.workflow)
+    s.original_metadata.set_item("edx_live.cluster_ids", cluster_ids(result))
     s.original_metadata.set_item("edx_live.pixels", np.asarray(result.pixels, dtype=np.int64))
     return s
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from edx_protocol import PROTOCOL_VERSION
 
 import edx_live
+from edx_live.segment.tracking import cluster_ids
 
 SUMMARY_VERSION = 1
 
@@ -22,19 +23,24 @@ def _composition(quant, label: int) -> dict | None:
 
 def _workflow(output) -> dict:
     result, quant = output.result, output.quantification
-    clusters = [{"label": i, "pixels": int(result.pixels[i]), "counts": int(round(result.spectra[i].sum())),
-                 "composition": _composition(quant, i)} for i in range(result.n_clusters)]
+    ids = cluster_ids(result)
+    clusters = [{"label": int(ids[i]), "pixels": int(result.pixels[i]),
+                 "counts": int(round(result.spectra[i].sum())), "composition": _composition(quant, i)}
+                for i in range(result.n_clusters)]
+    state = output.convergence
     return {
         "n_clusters": result.n_clusters,
         "noise_pixels": result.noise_pixels,
         "bin_factor": output.snapshot.bin_factor,
-        "choices": result.choices,
+        "choices": {k: v for k, v in result.choices.items() if k not in ("cluster_ids", "next_cluster_id")},
         "segment_s": round(result.fit_seconds, 4),
         "quantify_s": round(output.quantify_seconds, 4),
         "method": getattr(quant, "method", None),
         "kfactor_source": getattr(quant, "kfactor_source", None),
         "kfactors": getattr(quant, "kfactors", None),
         "xray_lines": list(getattr(quant, "xray_lines", []) or []),
+        "converged": None if state is None else state.converged,
+        "agreement_with_previous_refit": None if state is None or state.ari != state.ari else state.ari,
         "clusters": clusters,
     }
 

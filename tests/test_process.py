@@ -64,8 +64,12 @@ def test_outputs_open_with_hyperspy(processed, data_dir):
     for workflow, wf in summary["workflows"].items():
         labels = hs.load(out / f"labels_{workflow}.hspy")
         assert labels.data.shape == (32, 32)
-        assert np.bincount(labels.data[labels.data >= 0]).tolist() == [c["pixels"] for c in wf["clusters"]]
+        ids = [c["label"] for c in wf["clusters"]]
+        assert [(labels.data == i).sum() for i in ids] == [c["pixels"] for c in wf["clusters"]]
+        assert ((labels.data == -1) | np.isin(labels.data, ids)).all()
+        assert list(labels.original_metadata.edx_live.cluster_ids) == ids
         spectra = hs.load(out / f"cluster_spectra_{workflow}.hspy")
+        assert list(spectra.original_metadata.edx_live.cluster_ids) == ids
         assert spectra.data.shape == (wf["n_clusters"], 992)
         assert spectra.data.sum(axis=1).round().tolist() == [c["counts"] for c in wf["clusters"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"] + ["summary.json"])

@@ -83,9 +83,18 @@ def format_document(header) -> str:
                 f"{header.gaps.count} missing")
     if header.kind == "clusters":
         sizes = ", ".join(f"#{c.label}:{c.pixels}px" for c in header.clusters)
+        change = []
+        if header.appeared and header.agreement is not None:
+            change.append("new " + ", ".join(f"#{i}" for i in header.appeared))
+        if header.vanished:
+            change.append("gone " + ", ".join(f"#{i}" for i in header.vanished))
+        if header.agreement is not None:
+            change.append(f"agreement {header.agreement:.2f}")
+        if header.converged:
+            change.append("converged")
         return (f"[{header.workflow}] refit {header.refit} at {header.frames} frames / {header.counts} counts: "
                 f"{len(header.clusters)} clusters ({sizes}), noise {header.noise_pixels}px, "
-                f"{header.refit_s:.2f} s")
+                f"{header.refit_s:.2f} s" + (f"; {'; '.join(change)}" if change else ""))
     lines = [f"[{header.workflow}] composition, refit {header.refit} ({header.method.split(' (')[0]}; "
              f"k-factors: {header.kfactor_source}; {header.quantify_s:.2f} s)"]
     for c in header.clusters:

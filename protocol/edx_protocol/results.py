@@ -91,8 +91,18 @@ class Clusters(_Document):
     bin_factor: int = Field(ge=1, description="Scan pixels per label pixel along each axis.")
     energy_offset_kev: float = Field(description="Energy of channel 0 of the spectra, in keV.")
     energy_scale_kev: float = Field(description="Channel width of the spectra, in keV.")
-    clusters: list[ClusterInfo] = Field(description="One entry per row of spectra, in label order.")
+    clusters: list[ClusterInfo] = Field(
+        description="One entry per row of spectra, in increasing label order. Labels are cluster ids that "
+                    "stay the same from one refit to the next and may have gaps; an id is never reused.")
     noise_pixels: int = Field(ge=0, description="Binned pixels left unassigned (HDBSCAN noise).")
+    appeared: list[int] = Field(default_factory=list, description="Cluster ids new in this refit.")
+    vanished: list[int] = Field(default_factory=list, description="Ids of the previous refit not found now.")
+    agreement: float | None = Field(
+        default=None, description="Adjusted Rand index of the label map with the previous refit's (None: first).")
+    spectrum_change: float | None = Field(
+        default=None, description="Largest Hellinger distance between a cluster's spectrum and its previous one.")
+    converged: bool = Field(default=False, description="The answer met `convergence_criterion`.")
+    convergence_criterion: str = Field(default="", description="The stated, configurable criterion.")
     choices: dict[str, float | int | str | list[float]] = Field(
         default_factory=dict, description="What the workflow chose from the data and why.")
 
