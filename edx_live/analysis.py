@@ -10,13 +10,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from edx_protocol import Start
+
 from edx_live.core.snapshot import Snapshot
 from edx_live.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
 from edx_live.quantify import quantify_clusters, resolve_lines
+from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
 from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, Matching, match_clusters
+
+#: Channels fitted reach this far above the highest line of interest (about 3 FWHM at 10 keV).
+LINE_MARGIN_KEV = 0.5
 
 log = get_logger("segment")
 qlog = get_logger("quantify")
@@ -48,23 +54,47 @@ class Analyzer:
         self.errors = 0
         self._convergence: dict[str, ConvergenceTracker] = {}
 
-    def estimator(self, workflow: str):
-        """A fresh, unfitted estimator for ``workflow``."""
+    def estimator(self, workflow: str, start: Start | None = None, energy_end_kev: float | None = None):
+        """A fresh, unfitted estimator for ``workflow``.
+
+        With ``start`` (and the end of the energy axis), an ``"auto"`` upper energy
+        becomes the highest line of the acquisition's elements plus 0.5 keV.
+        """
+        p = self.settings.pca_gmm if workflow == "pca-gmm" else self.settings.umap_hdbscan
+        energy_max = self._energy_max(p.energy_max_kev, start, energy_end_kev)
         if workflow == "pca-gmm":
-            p = self.settings.pca_gmm
             return PcaGmm(n_components=p.n_components, n_clusters=p.n_clusters, max_components=p.max_components,
-                          max_clusters=p.max_clusters, scaling=p.scaling, energy_rebin=p.energy_rebin,
-                          random_state=p.random_state)
-        p = self.settings.umap_hdbscan
+                          max_clusters=p.max_clusters, covariance_type=p.covariance_type,
+                          merge_mixed=p.merge_mixed, max_fit_samples=p.max_fit_samples, scaling=p.scaling,
+                          energy_rebin=p.energy_rebin, energy_max_kev=energy_max, random_state=p.random_state)
         return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors,
                            min_cluster_size=p.min_cluster_size, scaling=p.scaling, energy_rebin=p.energy_rebin,
-                           pca_components=p.pca_components, random_state=p.random_state)
+                           pca_components=p.pca_components, energy_max_kev=energy_max,
+                           random_state=p.random_state)
+
+    def _energy_max(self, setting, start: Start | None, energy_end_kev: float | None) -> float | None:
+        if setting == "all":
+            return None
+        if setting != "auto":
+            return float(setting)
+        if start is None or energy_end_kev is None:
+            return None
+        q = self.settings.quantify
+        elements = list(q.elements or start.elements) + [line.partition("_")[0]
+                                                         for line in (q.xray_lines or start.xray_lines)]
+        top = highest_line_kev(set(elements), min(start.beam_energy_kev, energy_end_kev)) if elements else None
+        return None if top is None else top + LINE_MARGIN_KEV
 
     def __call__(self, snapshot: Snapshot) -> list:
         documents = []
         for workflow in self.settings.refit.workflows:
             try:
-                result = segment(snapshot.cube, self.estimator(workflow), workflow,
+                end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
+                estimator = self.estimator(workflow, snapshot.start, end)
+                previous = self._previous(workflow, snapshot)
+                if previous is not None and previous.warm_start and "init" in estimator.get_params():
+                    estimator.set_params(init=previous.warm_start.get("embedding"))
+                result = segment(snapshot.cube, estimator, workflow,
                                  offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev)
             except Exception:  # one workflow failing on odd data must not stop the live service
                 self.errors += 1
@@ -90,11 +120,15 @@ class Analyzer:
                 documents.append(composition_document(snapshot, result, quant, seconds))
         return documents
 
-    def _track(self, workflow: str, snapshot: Snapshot, result: SegmentationResult):
-        """Give clusters the ids of the previous refit of the same acquisition; measure the change."""
+    def _previous(self, workflow: str, snapshot: Snapshot) -> SegmentationResult | None:
+        """The last result of ``workflow`` for the same acquisition, if any."""
         before = self.latest.get(workflow)
         same = before is not None and before.snapshot.start.acquisition_id == snapshot.start.acquisition_id
-        previous = before.result if same else None
+        return before.result if same else None
+
+    def _track(self, workflow: str, snapshot: Snapshot, result: SegmentationResult):
+        """Give clusters the ids of the previous refit of the same acquisition; measure the change."""
+        previous = self._previous(workflow, snapshot)
         t = self.settings.tracking
         matching = match_clusters(previous, result, pixel_weight=t.pixel_weight, min_similarity=t.min_similarity)
         tracker = self._convergence.setdefault(workflow, ConvergenceTracker(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,13 +72,24 @@ class RefitSettings(_Section):
 Scaling = Literal["robust", "poisson", "none"]
 
 
+#: Upper edge of the channels a workflow fits: a number (keV), "auto" or "all".
+EnergyMax = Annotated[float, Field(gt=0)] | Literal["auto", "all"]
+ENERGY_MAX_HELP = ("Channels fitted up to this energy (keV); auto = highest line of the elements "
+                   "plus 0.5 keV (all channels when no element is known); all = no cut.")
+
+
 class PcaGmmSettings(_Section):
     n_components: int | None = Field(None, ge=1, description="PCA components; None = scree change point.")
     n_clusters: int | None = Field(None, ge=1, description="Mixture components; None = lowest ICL.")
-    scaling: Scaling = Field("robust", description="Per-channel scaling before PCA (the study: robust).")
-    energy_rebin: int = Field(1, ge=1, description="Channels summed before fitting.")
+    scaling: Scaling = Field("poisson", description="Per-channel scaling before PCA (the study: robust).")
+    energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
     max_components: int = Field(20, ge=2)
     max_clusters: int = Field(8, ge=2)
+    covariance_type: Literal["tied", "full", "diag", "spherical"] = Field(
+        "tied", description="Mixture covariance; tied = one noise model for every phase.")
+    merge_mixed: bool = Field(True, description="Merge mixed-pixel and thickness components (auto count only).")
+    max_fit_samples: int = Field(8192, ge=100, description="Pixels used to choose the cluster count.")
+    energy_max_kev: EnergyMax = Field("auto", description=ENERGY_MAX_HELP)
     random_state: int = 0
 
 
@@ -86,10 +97,11 @@ class UmapHdbscanSettings(_Section):
     n_components: int = Field(4, ge=2)
     n_neighbors: int = Field(15, ge=2)
     min_cluster_size: int | None = Field(
-        None, ge=2, description="Pixels (binned) the smallest feature covers; None = 2 % of the pixels.")
+        None, ge=2, description="Pixels (binned) the smallest feature covers; None = 0.5 % of the pixels.")
     scaling: Scaling = Field("poisson", description="Per-channel scaling (the study: robust; see README).")
     energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
     pca_components: int | None = Field(None, ge=0, description="PCA before UMAP; None = scree knee, 0 = none.")
+    energy_max_kev: EnergyMax = Field("all", description=ENERGY_MAX_HELP + " Default all: see README.")
     random_state: int = 0
 
 

@@ -46,6 +46,8 @@ def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=N
     arrays = {"labels": labels, "spectra": np.rint(result.spectra).astype(np.uint64)}
     if result.confidence is not None:
         arrays["confidence"] = np.asarray(result.confidence, dtype=np.float32)
+    if result.outlier is not None:
+        arrays["outlier"] = np.asarray(result.outlier, dtype=np.float32)
     ids = cluster_ids(result)
     clusters = [ClusterInfo(label=int(ids[i]), pixels=int(result.pixels[i]),
                             counts=int(round(result.spectra[i].sum()))) for i in range(result.n_clusters)]

@@ -46,6 +46,27 @@ def line_energy(line: str) -> float:
     return float(_database()[element]["Atomic_properties"]["Xray_lines"][family]["energy (keV)"])
 
 
+def highest_line_kev(elements: Iterable[str], below_kev: float, min_weight: float = 0.01) -> float | None:
+    """Energy (keV) of the highest line of ``elements`` below ``below_kev``, from exspy's database.
+
+    Lines weaker than ``min_weight`` (relative to the strongest of their family) are
+    ignored. None when no element has a line below ``below_kev``.
+    """
+    db = _database()
+    energies = []
+    for element in elements:
+        element = str(element).strip()
+        if element not in db:
+            raise LineError(f"{element!r} is not a chemical element symbol known to exspy")
+        lines = db[element]["Atomic_properties"]["Xray_lines"]
+        for family in lines.keys():
+            line = lines[family]
+            energy = float(line["energy (keV)"])
+            if energy < below_kev and float(line["weight"]) >= min_weight:
+                energies.append(energy)
+    return max(energies) if energies else None
+
+
 def check_in_range(lines: Iterable[str], low_kev: float, high_kev: float, beam_energy_kev: float) -> None:
     """Raise :class:`LineError` for lines outside the spectrum or above the beam energy.
 

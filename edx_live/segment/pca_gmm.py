@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
+from .mixing import merged_choices, mixed_components
 from .preprocess import PreprocessMixin
 from .scree import pca_to_knee
 
@@ -24,26 +25,38 @@ def _icl(gmm: GaussianMixture, scores: np.ndarray) -> tuple[float, float]:
 class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
     """Segment spectra with PCA then a Gaussian mixture, choosing both sizes from the data.
 
-    Steps: :func:`~edx_live.segment.preprocess.prepare` (RobustScaler on counts by
-    default, the study's recipe), PCA keeping the components up to the knee of the
-    log scree plot (:mod:`~edx_live.segment.scree`), then a full-covariance
-    Gaussian mixture on the scores.
+    Steps:
 
-    The number of clusters minimises the integrated completed likelihood (ICL,
-    BIC plus twice the entropy of the soft assignments) over 1..``max_clusters``.
-    Plain BIC rewards any extra component that improves the fit of a non-Gaussian
-    cloud: on the FePt core/shell data the projected thickness of each particle
-    varies continuously from rim to centre, and BIC chose 4-6 clusters that slice
-    the cores into concentric shells. ICL also charges for overlapping components
-    (uncertain assignments), so it prefers clusters that are actually separated;
-    it chose 3 (core, shell, support) there.
+    1. :func:`~edx_live.segment.preprocess.prepare`: by default 8 detector
+       channels summed (about the detector resolution) and Poisson (Keenan-Kotula)
+       scaling, so every channel has unit noise; the study's RobustScaler is
+       ``scaling="robust"``.
+    2. PCA keeping the components up to the knee of the log scree plot
+       (:mod:`~edx_live.segment.scree`).
+    3. Gaussian mixtures of 1..``max_clusters`` components on the scores of at
+       most ``max_fit_samples`` pixels drawn at random; the count with the lowest
+       ICL is kept (BIC plus twice the entropy of the soft assignments, which
+       charges for overlapping components). Plain BIC rewards any component that
+       improves the fit of a non-Gaussian cloud (on the FePt core/shell data it
+       sliced the cores into concentric rings).
+    4. Components that are mixed pixels or thinner parts of a phase are merged
+       away (:mod:`~edx_live.segment.mixing`): ICL alone still spends components
+       on boundaries (on the synthetic four-phase acquisition it chose the maximum, 8).
+    5. A last mixture with the remaining components, started from them, on all pixels.
+
+    The covariance is shared by all components (``"tied"``) by default. After
+    Poisson scaling the noise is about the same in every phase, and with a
+    covariance of its own a small cluster grows broad and takes in the mixed
+    pixels around it (on the synthetic acquisition with the true cluster count:
+    adjusted Rand index 0.80 with full covariances, 0.98 tied).
 
     Parameters
     ----------
     n_components : int, optional
         PCA components; None chooses the scree knee.
     n_clusters : int, optional
-        Mixture components; None chooses by lowest ICL.
+        Mixture components; None chooses by lowest ICL then merges mixes. A given
+        count is used as is.
     max_components : int
         Components considered for the scree plot.
     max_clusters : int
@@ -52,6 +65,10 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
         Passed to :class:`sklearn.mixture.GaussianMixture`.
     n_init : int
         Mixture initialisations per candidate (best kept).
+    merge_mixed : bool
+        Merge components that are mixes of two others (or of one and an empty pixel).
+    max_fit_samples : int
+        Pixels used to choose the cluster count; all pixels are used for the final mixture.
     random_state : int, RandomState or None
     scaling, energy_rebin, normalize, min_channel_counts : see :func:`~edx_live.segment.preprocess.prepare`
     energy_min_kev, energy_max_kev, energy_offset_kev, energy_scale_kev : idem
@@ -73,15 +90,17 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, n_components=None, n_clusters=None, max_components=20, max_clusters=8,
-                 covariance_type="full", n_init=2, random_state=None, scaling="robust", energy_rebin=1,
-                 normalize=False, min_channel_counts=1.0, energy_min_kev=0.2, energy_max_kev=None,
-                 energy_offset_kev=None, energy_scale_kev=None):
+                 covariance_type="tied", n_init=2, merge_mixed=True, max_fit_samples=8192, random_state=None,
+                 scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
+                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None):
         self.n_components = n_components
         self.n_clusters = n_clusters
         self.max_components = max_components
         self.max_clusters = max_clusters
         self.covariance_type = covariance_type
         self.n_init = n_init
+        self.merge_mixed = merge_mixed
+        self.max_fit_samples = max_fit_samples
         self.random_state = random_state
         self.scaling = scaling
         self.energy_rebin = energy_rebin
@@ -101,7 +120,8 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
         if data.shape[0] < 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
             return self._fit_single(data.shape[0], "no variance: one cluster")
         scores = self._reduce(data, rng)
-        self._mixture(scores, rng)
+        empty = self.pca_.transform(prepared.empty[None, :])[0, :scores.shape[1]]
+        self._mixture(scores, empty, rng)
         return self
 
     def _reduce(self, data: np.ndarray, rng) -> np.ndarray:
@@ -113,26 +133,38 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
                              scree=info["scree"], scree_distance=info["scree_distance"])
         return scores
 
-    def _mixture(self, scores: np.ndarray, rng) -> None:
-        """Fit every candidate cluster count, keep the lowest ICL."""
+    def _mixture(self, scores: np.ndarray, empty: np.ndarray, rng) -> None:
+        """Choose the count by ICL on a sample, merge mixes, fit the rest on every pixel."""
+        n = scores.shape[0]
         if self.n_clusters is None:
-            candidates = list(range(1, max(1, min(self.max_clusters, scores.shape[0])) + 1))
+            candidates = list(range(1, max(1, min(self.max_clusters, n)) + 1))
         else:
-            candidates = [max(1, min(int(self.n_clusters), scores.shape[0]))]
+            candidates = [max(1, min(int(self.n_clusters), n))]
         seed = rng.randint(np.iinfo(np.int32).max)
+        sample = np.sort(rng.choice(n, self.max_fit_samples, replace=False)) if n > self.max_fit_samples else None
+        fit_on = scores if sample is None else scores[sample]
         fits = [GaussianMixture(k, covariance_type=self.covariance_type, n_init=self.n_init,
-                                random_state=seed).fit(scores) for k in candidates]
-        icl, bic = zip(*(_icl(g, scores) for g in fits))
+                                random_state=seed).fit(fit_on) for k in candidates]
+        icl, bic = zip(*(_icl(g, fit_on) for g in fits))
         best = int(np.argmin(icl))
-        self.gmm_ = fits[best]
-        resp = self.gmm_.predict_proba(scores)
+        gmm, mixes = fits[best], []
+        if self.n_clusters is None and self.merge_mixed and gmm.n_components > 1:
+            mixes = mixed_components(gmm.means_, _pooled_covariance(gmm), empty)
+        if mixes or sample is not None:
+            gmm = _refit(gmm, sorted(set(range(gmm.n_components)) - {m.component for m in mixes}), scores, seed)
+        self.gmm_ = gmm
+        resp = gmm.predict_proba(scores)
         self.labels_ = resp.argmax(axis=1).astype(np.int64)
         self.probabilities_ = resp.max(axis=1)
-        self.n_clusters_ = candidates[best]
+        self.n_clusters_ = gmm.n_components
         self.choices_.update(
             n_clusters=self.n_clusters_,
-            n_clusters_method=ICL_METHOD if self.n_clusters is None else "user",
-            cluster_candidates=[float(k) for k in candidates], icl=list(icl), bic=list(bic))
+            n_clusters_method=(f"{ICL_METHOD}, then mixed-pixel and thickness components merged"
+                               if self.n_clusters is None else "user"),
+            cluster_candidates=[float(k) for k in candidates], icl=list(icl), bic=list(bic),
+            n_clusters_by_icl=candidates[best], **merged_choices(mixes),
+            covariance_type=self.covariance_type,
+            fit_samples=int(fit_on.shape[0]))
 
     def _fit_single(self, n_samples: int, reason: str):
         self.labels_ = np.zeros(n_samples, dtype=np.int64)
@@ -141,3 +173,25 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.explained_variance_ratio_ = np.zeros(0)
         self.choices_.update(n_components=0, n_clusters=1, n_clusters_method=reason)
         return self
+
+
+def _pooled_covariance(gmm: GaussianMixture) -> np.ndarray:
+    """The covariance shared by the components (their weighted mean when each has its own)."""
+    cov, d = gmm.covariances_, gmm.means_.shape[1]
+    kind = gmm.covariance_type
+    if kind == "tied":
+        return cov
+    if kind == "full":
+        return np.tensordot(gmm.weights_, cov, axes=1)
+    if kind == "diag":
+        return np.diag(gmm.weights_ @ cov)
+    return float(gmm.weights_ @ cov) * np.eye(d)
+
+
+def _refit(gmm: GaussianMixture, keep: list[int], scores: np.ndarray, seed: int) -> GaussianMixture:
+    """A mixture of the ``keep`` components of ``gmm``, started from them and fitted on ``scores``."""
+    weights = gmm.weights_[keep] / gmm.weights_[keep].sum()
+    precisions = gmm.precisions_ if gmm.covariance_type == "tied" else gmm.precisions_[keep]
+    return GaussianMixture(len(keep), covariance_type=gmm.covariance_type, weights_init=weights,
+                           means_init=gmm.means_[keep], precisions_init=precisions,
+                           random_state=seed).fit(scores)

@@ -45,11 +45,14 @@ class Prepared:
         For each feature, the first original channel it sums.
     info : dict
         JSON-friendly record of the steps (for ``choices_``).
+    empty : numpy.ndarray of float, shape (n_features,)
+        What a pixel with no counts becomes (zeros except after robust scaling).
     """
 
     data: np.ndarray
     channels: np.ndarray
     info: dict = field(default_factory=dict)
+    empty: np.ndarray | None = None
 
 
 def energy_window(n_channels: int, offset_kev: float | None, scale_kev: float | None,
@@ -88,18 +91,30 @@ def normalise_pixels(X: np.ndarray) -> np.ndarray:
 
 
 def poisson_scale(X: np.ndarray) -> np.ndarray:
-    """Keenan-Kotula Poisson normalisation; empty pixels and channels stay 0."""
+    """Keenan-Kotula Poisson normalisation; empty pixels and channels stay 0.
+
+    Scales ``X`` in place (it must be a float array) and returns it.
+    """
     pixel = X.sum(axis=1)
-    pixel = pixel / pixel.mean() if pixel.mean() > 0 else pixel
-    weights = np.sqrt(np.outer(pixel, X.mean(axis=0)))
-    return np.divide(X, weights, out=np.zeros_like(X), where=weights > 0)
+    mean = pixel.mean() if pixel.size else 0.0
+    channel = X.mean(axis=0)
+    with np.errstate(divide="ignore"):
+        row = np.where(pixel > 0, 1.0 / np.sqrt(pixel / mean if mean > 0 else pixel), 0.0)
+        column = np.where(channel > 0, 1.0 / np.sqrt(channel), 0.0)
+    X *= row[:, None]
+    X *= column[None, :]
+    return X
 
 
-def robust_scale(X: np.ndarray) -> np.ndarray:
-    """scikit-learn's RobustScaler (median and interquartile range per channel)."""
+def robust_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's RobustScaler (median and interquartile range per channel).
+
+    Returns the scaled data and where a pixel with no counts lands.
+    """
     from sklearn.preprocessing import RobustScaler
 
-    return RobustScaler().fit_transform(X)
+    scaler = RobustScaler().fit(X)
+    return scaler.transform(X), scaler.transform(np.zeros((1, X.shape[1])))[0]
 
 
 def prepare(X, *, energy_offset_kev: float | None = None, energy_scale_kev: float | None = None,
@@ -134,22 +149,25 @@ def prepare(X, *, energy_offset_kev: float | None = None, energy_scale_kev: floa
     """
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
     window = energy_window(X.shape[1], energy_offset_kev, energy_scale_kev, energy_min_kev, energy_max_kev)
     rebin = max(1, int(energy_rebin))
-    data = rebin_channels(X[:, window], rebin)
+    # Window and rebin before converting: counts stay integers (exact sums) and the
+    # float matrix is only as large as what is fitted.
+    data = rebin_channels(X[:, window], rebin).astype(np.float64)
     first = window.start + rebin * np.arange(data.shape[1])
     keep = data.sum(axis=0) >= max(min_channel_counts, np.finfo(np.float64).tiny)
     data, first = data[:, keep], first[keep]
     if normalize:
         data = normalise_pixels(data)
+    empty = np.zeros(data.shape[1])
     if data.shape[1] and scaling == "robust":
-        data = robust_scale(data)
+        data, empty = robust_scale(data)
     elif data.shape[1] and scaling == "poisson":
         data = poisson_scale(data)
     info = {"scaling": scaling, "normalize": int(bool(normalize)), "energy_rebin": rebin,
             "channel_first": int(window.start), "channel_stop": int(window.stop), "features": int(data.shape[1])}
-    return Prepared(data, first.astype(np.int64), info)
+    return Prepared(data, first.astype(np.int64), info, empty)
 
 
 class PreprocessMixin:

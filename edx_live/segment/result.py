@@ -30,6 +30,11 @@ class SegmentationResult:
         What was chosen from the data and why (components, clusters, scores).
     fit_seconds : float
         Wall time of the fit.
+    outlier : numpy.ndarray of float, shape (rows, columns) or None
+        Per-pixel outlier score in [0, 1] (HDBSCAN's GLOSH), when the workflow has one.
+    warm_start : dict or None
+        What the next refit of the same acquisition may start from (e.g. the UMAP
+        embedding of the fitted sample); never published.
     """
 
     workflow: str
@@ -39,6 +44,8 @@ class SegmentationResult:
     confidence: np.ndarray | None = None
     choices: dict = field(default_factory=dict)
     fit_seconds: float = 0.0
+    outlier: np.ndarray | None = None
+    warm_start: dict | None = field(default=None, repr=False)
 
     @property
     def n_clusters(self) -> int:
@@ -63,6 +70,12 @@ def cluster_sums(cube: np.ndarray, labels: np.ndarray, n_clusters: int) -> tuple
     keep = lab >= 0
     onehot = np.zeros((n_clusters, lab.size), dtype=np.float64)
     onehot[lab[keep], np.flatnonzero(keep)] = 1.0
-    spectra = onehot @ flat.astype(np.float64, copy=False)
+    spectra = np.zeros((n_clusters, flat.shape[1]))
+    # Blocks of rows: a float copy of the whole cube would double a refit's memory.
+    for r0 in range(0, flat.shape[0], _BLOCK_ROWS):
+        spectra += onehot[:, r0:r0 + _BLOCK_ROWS] @ flat[r0:r0 + _BLOCK_ROWS].astype(np.float64)
     pixels = np.bincount(lab[keep], minlength=n_clusters)[:n_clusters]
     return spectra, pixels
+
+
+_BLOCK_ROWS = 4096

@@ -69,6 +69,10 @@ def segment(cube, estimator, workflow_name: str, *, offset_kev: float | None = N
     confidence = np.asarray(getattr(model, "probabilities_", np.ones(flat.size)), dtype=np.float64)
     choices = dict(getattr(model, "choices_", {}))
     choices["label_order"] = "decreasing pixels"
+    outlier = getattr(model, "outlier_scores_", None)
+    if outlier is not None:
+        outlier = np.clip(np.asarray(outlier, dtype=np.float64), 0.0, 1.0).reshape(rows, columns)
     return SegmentationResult(workflow=workflow_name, labels=labels, spectra=spectra, pixels=pixels,
                               confidence=np.clip(confidence, 0.0, 1.0).reshape(rows, columns),
-                              choices=choices, fit_seconds=seconds)
+                              choices=choices, fit_seconds=seconds, outlier=outlier,
+                              warm_start=getattr(model, "warm_start_", None))

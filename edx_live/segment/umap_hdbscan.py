@@ -13,20 +13,23 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
+from .mixing import merge_mixed_clusters, merged_choices
 from .preprocess import PreprocessMixin
 from .scree import pca_to_knee
 
 #: Default smallest cluster, as a fraction of the (binned) pixels.
-MIN_CLUSTER_FRACTION = 0.02
+MIN_CLUSTER_FRACTION = 0.005
+#: ... and never fewer binned pixels than this.
+MIN_CLUSTER_PIXELS = 20
 
 
 def default_min_cluster_size(n_samples: int) -> int:
-    """2 % of the pixels, at least 5.
+    """0.5 % of the pixels, at least 20.
 
     On a 32 x 32 binned map that is 20 pixels: one FePt particle core of the
     core/shell dataset (4-5 binned pixels across) covers about that many.
     """
-    return max(5, int(round(MIN_CLUSTER_FRACTION * n_samples)))
+    return max(MIN_CLUSTER_PIXELS, int(round(MIN_CLUSTER_FRACTION * n_samples)))
 
 
 def default_min_samples(min_cluster_size: int) -> int:
@@ -81,7 +84,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         UMAP's minimum distance; 0 packs similar pixels tightly, as clustering wants.
     min_cluster_size : int, optional
         Pixels (binned) the smallest feature of interest covers; None means
-        :func:`default_min_cluster_size` (2 % of the pixels).
+        :func:`default_min_cluster_size` (0.5 % of the pixels).
     min_samples : int, optional
         HDBSCAN's density scale (neighbours a core pixel needs); None means
         :func:`default_min_samples` (twice ``min_cluster_size``).
@@ -93,6 +96,23 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         Components considered for the scree plot.
     random_state : int, RandomState or None
         An int or RandomState makes UMAP deterministic (and single-threaded).
+    max_fit_samples : int
+        Larger scans are embedded and clustered on this many pixels drawn at
+        random (the same draw for the same number of pixels, so successive refits
+        embed the same pixels); every other pixel is placed by a vote of its
+        ``place_neighbors`` nearest fitted pixels in PCA space. Cost then stays
+        flat beyond this size.
+    place_neighbors : int
+        Neighbours voting on a placed pixel's cluster.
+    init : numpy.ndarray, optional
+        Embedding of the fitted pixels to start UMAP from (the previous refit's
+        ``warm_start_["embedding"]``); used when its shape matches, with
+        ``warm_epochs`` optimisation epochs instead of UMAP's default.
+    warm_epochs : int
+    merge_mixed : bool
+        Clusters of mixed pixels (boundaries) or thinner parts of a phase are merged
+        into the clusters they mix, as in :class:`~edx_live.segment.PcaGmm`
+        (:func:`~edx_live.segment.mixing.merge_mixed_clusters`).
     scaling, energy_rebin, normalize, min_channel_counts : see :func:`~edx_live.segment.preprocess.prepare`
     energy_min_kev, energy_max_kev, energy_offset_kev, energy_scale_kev : idem
 
@@ -101,7 +121,12 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     labels_ : numpy.ndarray of int, shape (n_samples,)
         0..n_clusters_-1, or -1 for noise.
     probabilities_ : numpy.ndarray of float, shape (n_samples,)
-        HDBSCAN membership strength in [0, 1] (0 for noise).
+        HDBSCAN membership strength in [0, 1] (0 for noise); for placed pixels,
+        the fraction of neighbours that voted for the cluster times their mean strength.
+    outlier_scores_ : numpy.ndarray of float, shape (n_samples,)
+        HDBSCAN's GLOSH outlier score in [0, 1]; placed pixels get their voters' mean.
+    warm_start_ : dict
+        ``{"embedding": ...}`` of the fitted pixels, for the next refit's ``init``.
     n_clusters_ : int
     n_components_ : int
         PCA components kept before UMAP (0 if skipped).
@@ -111,6 +136,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
 
     def __init__(self, n_components=4, n_neighbors=15, min_dist=0.0, min_cluster_size=None, min_samples=None,
                  cluster_selection_method="eom", pca_components=None, max_pca_components=20, random_state=None,
+                 max_fit_samples=16384, place_neighbors=15, init=None, warm_epochs=60, merge_mixed=True,
                  scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
                  energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None):
         self.n_components = n_components
@@ -122,6 +148,11 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.pca_components = pca_components
         self.max_pca_components = max_pca_components
         self.random_state = random_state
+        self.max_fit_samples = max_fit_samples
+        self.place_neighbors = place_neighbors
+        self.init = init
+        self.warm_epochs = warm_epochs
+        self.merge_mixed = merge_mixed
         self.scaling = scaling
         self.energy_rebin = energy_rebin
         self.normalize = normalize
@@ -141,16 +172,30 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         if n <= self.n_components + 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
             return self._fit_single(n, "too few pixels or no variance: one cluster")
         data = self._denoise(data, rng)
-        self.embedding_ = self._embed(data, rng)
-        self._cluster(self.embedding_)
+        sample = fit_sample(n, self.max_fit_samples)
+        fitted = data if sample is None else data[sample]
+        self.embedding_ = self._embed(fitted, rng)
+        self.warm_start_ = {"embedding": self.embedding_}
+        labels, strength, outlier = self._cluster(self.embedding_)
+        if sample is not None:
+            labels, strength, outlier = place(data, sample, labels, strength, outlier, self.place_neighbors)
+        if self.merge_mixed:
+            empty = prepared.empty if self.pca_ is None else self.pca_.transform(prepared.empty[None, :])[0]
+            labels, strength, mixes = merge_mixed_clusters(data, labels, strength, empty[:data.shape[1]])
+            self.n_clusters_ = int(labels.max()) + 1 if labels.size else 0
+            self.choices_.update(n_clusters=self.n_clusters_, **merged_choices(mixes))
+        self.labels_, self.probabilities_, self.outlier_scores_ = labels, strength, outlier
+        self.choices_.update(fit_samples=int(fitted.shape[0]), placed_samples=int(n - fitted.shape[0]),
+                             noise_pixels=int(np.count_nonzero(labels < 0)))
         return self
 
     def _denoise(self, data: np.ndarray, rng) -> np.ndarray:
+        self.pca_ = None
         if self.pca_components == 0:
             self.n_components_ = 0
             self.choices_.update(pca_components=0, pca_method="none")
             return data
-        scores, _, info = pca_to_knee(data, self.max_pca_components, self.pca_components, rng)
+        scores, self.pca_, info = pca_to_knee(data, self.max_pca_components, self.pca_components, rng)
         self.n_components_ = info["kept"]
         self.choices_.update(pca_components=info["kept"], pca_method=info["method"], scree=info["scree"],
                              scree_distance=info["scree_distance"])
@@ -162,8 +207,12 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         n_neighbors = max(2, min(int(self.n_neighbors), data.shape[0] - 1))
         seeded = self.random_state is not None
         seed = rng.randint(np.iinfo(np.int32).max) if seeded else None
+        init = self.init
+        warm = init is not None and np.shape(init) == (data.shape[0], self.n_components)
+        extra = {"init": np.asarray(init, dtype=np.float64), "n_epochs": int(self.warm_epochs)} if warm else {}
         reducer = umap.UMAP(n_components=self.n_components, n_neighbors=n_neighbors, min_dist=self.min_dist,
-                            metric="euclidean", random_state=seed, n_jobs=1 if seeded else -1)
+                            metric="euclidean", random_state=seed, n_jobs=1 if seeded else -1, **extra)
+        self.choices_.update(umap_warm_start=int(warm))
         with warnings.catch_warnings():
             # Small or disconnected inputs make UMAP fall back to a random
             # initialisation with a warning; the result is still usable.
@@ -183,25 +232,69 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         model = hdbscan.HDBSCAN(min_cluster_size=size, min_samples=samples, metric="euclidean",
                                 cluster_selection_method=self.cluster_selection_method)
         model.fit(embedding)
-        self.labels_ = model.labels_.astype(np.int64)
-        self.probabilities_ = np.clip(np.nan_to_num(model.probabilities_), 0.0, 1.0)
-        self.n_clusters_ = int(self.labels_.max()) + 1 if n else 0
+        labels = model.labels_.astype(np.int64)
+        self.n_clusters_ = int(labels.max()) + 1 if n else 0
         self.choices_.update(
-            n_clusters=self.n_clusters_, noise_pixels=int(np.count_nonzero(self.labels_ < 0)),
+            n_clusters=self.n_clusters_,
             min_cluster_size=size,
             min_cluster_size_method=("user" if self.min_cluster_size is not None
-                                     else f"{MIN_CLUSTER_FRACTION:.0%} of the pixels"),
+                                     else f"{MIN_CLUSTER_FRACTION:.1%} of the pixels, at least {MIN_CLUSTER_PIXELS}"),
             min_samples=samples,
             min_samples_method="user" if self.min_samples is not None else "2 x min_cluster_size",
             cluster_persistence=[float(v) for v in model.cluster_persistence_])
+        strength = np.clip(np.nan_to_num(model.probabilities_), 0.0, 1.0)
+        outlier = np.clip(np.nan_to_num(np.asarray(model.outlier_scores_, dtype=np.float64)), 0.0, 1.0)
+        return labels, strength, outlier
 
     def _fit_single(self, n_samples: int, reason: str):
         self.labels_ = np.zeros(n_samples, dtype=np.int64)
         self.probabilities_ = np.ones(n_samples)
+        self.outlier_scores_ = np.zeros(n_samples)
+        self.warm_start_ = None
         self.n_clusters_, self.n_components_ = (1 if n_samples else 0), 0
         self.embedding_ = np.zeros((n_samples, self.n_components))
         self.choices_.update(n_clusters=self.n_clusters_, n_clusters_method=reason)
         return self
+
+
+def fit_sample(n: int, size: int) -> np.ndarray | None:
+    """Sorted indices of ``size`` of ``n`` pixels, the same for the same ``n``; None when all fit."""
+    if n <= size:
+        return None
+    return np.sort(np.random.default_rng(n).choice(n, size, replace=False))
+
+
+def place(data: np.ndarray, sample: np.ndarray, labels: np.ndarray, strength: np.ndarray,
+          outlier: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, strengths and outlier scores of every pixel from those of the fitted ``sample``.
+
+    A pixel not in the sample takes the label most of its ``k`` nearest sample
+    pixels (in ``data``, the PCA scores) carry, noise included; its strength is
+    the fraction that voted so times their mean strength, its outlier score the
+    mean of its neighbours'.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = data.shape[0]
+    rest = np.ones(n, dtype=bool)
+    rest[sample] = False
+    k = max(1, min(int(k), sample.size))
+    _, idx = NearestNeighbors(n_neighbors=k).fit(data[sample]).kneighbors(data[rest])
+    votes = labels[idx] + 1  # noise (-1) votes as 0
+    n_labels = int(labels.max()) + 2
+    counts = np.zeros((idx.shape[0], n_labels), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), k), votes.ravel()), 1)
+    winner = counts.argmax(axis=1)
+    agree = votes == winner[:, None]
+    mean_strength = (strength[idx] * agree).sum(axis=1) / np.maximum(agree.sum(axis=1), 1)
+    out_labels = np.empty(n, dtype=np.int64)
+    out_strength = np.empty(n)
+    out_outlier = np.empty(n)
+    out_labels[sample], out_strength[sample], out_outlier[sample] = labels, strength, outlier
+    out_labels[rest] = winner - 1
+    out_strength[rest] = np.where(winner > 0, counts.max(axis=1) / k * mean_strength, 0.0)
+    out_outlier[rest] = outlier[idx].mean(axis=1)
+    return out_labels, out_strength, out_outlier
 
 
 def warm_up(random_state: int | None = 0, approximate_neighbors: bool = True) -> float:

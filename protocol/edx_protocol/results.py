@@ -77,12 +77,14 @@ class Clusters(_Document):
     Arrays: ``labels`` (<u2, binned rows x binned columns; 65535 = noise),
     ``spectra`` (<u8, n_clusters x channels), the cluster-sum spectra in label
     order, and optionally ``confidence`` (<f4, the shape of ``labels``), each
-    binned pixel's confidence in its label, from 0 to 1.
+    binned pixel's confidence in its label, from 0 to 1 (mixture posterior or
+    HDBSCAN membership), and ``outlier`` (<f4, the shape of ``labels``), HDBSCAN's
+    GLOSH outlier score from 0 to 1.
     """
 
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {
         "labels": ArraySpec(("<u2",), 2), "spectra": ArraySpec(("<u8",), 2),
-        "confidence": ArraySpec(("<f4",), 2, optional=True)}
+        "confidence": ArraySpec(("<f4",), 2, optional=True), "outlier": ArraySpec(("<f4",), 2, optional=True)}
 
     kind: Literal["clusters"] = "clusters"
     workflow: Workflow
@@ -111,8 +113,9 @@ class Clusters(_Document):
         by_name = check_arrays(self.arrays, self.ARRAYS)
         if by_name["spectra"].shape[0] != len(self.clusters):
             raise ValueError(f"spectra has {by_name['spectra'].shape[0]} rows for {len(self.clusters)} clusters")
-        if "confidence" in by_name and by_name["confidence"].shape != by_name["labels"].shape:
-            raise ValueError("confidence must have the shape of labels")
+        for name in ("confidence", "outlier"):
+            if name in by_name and by_name[name].shape != by_name["labels"].shape:
+                raise ValueError(f"{name} must have the shape of labels")
         return self
 
 
