@@ -175,8 +175,10 @@ def main(argv=None) -> None:
 
     from edx_live.analysis import Analyzer
     from edx_live.config import load_settings
+    from edx_live.logs import configure
     from edx_live.segment import warm_up
 
+    configure(level="warning")
     settings = load_settings()
     analyzer = Analyzer(settings)
     print(f"warm-up (numba compilation) {warm_up(settings.umap_hdbscan.random_state):.1f} s")

@@ -70,6 +70,7 @@ class Analyzer:
         return UmapHdbscan(n_components=p.n_components, n_neighbors=p.n_neighbors,
                            min_cluster_size=p.min_cluster_size, scaling=p.scaling, energy_rebin=p.energy_rebin,
                            pca_components=p.pca_components, energy_max_kev=energy_max,
+                           max_fit_samples=p.max_fit_samples,
                            random_state=p.random_state)
 
     def _energy_max(self, setting, start: Start | None, energy_end_kev: float | None) -> float | None:

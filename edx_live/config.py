@@ -102,6 +102,7 @@ class UmapHdbscanSettings(_Section):
     energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
     pca_components: int | None = Field(None, ge=0, description="PCA before UMAP; None = scree knee, 0 = none.")
     energy_max_kev: EnergyMax = Field("all", description=ENERGY_MAX_HELP + " Default all: see README.")
+    max_fit_samples: int = Field(16384, ge=100, description="Larger scans: fit a sample, place the rest.")
     random_state: int = 0
 
 
