@@ -82,7 +82,7 @@ def quality(size: int, dose: float, analyzer, as_written_fractions, as_written_u
         cube = phantom.binned_counts(dose * fraction, 2, seed=int(fraction * 1000))
         row = [f"{fraction:6.0%}"]
         for workflow in ("pca-gmm", "umap-hdbscan"):
-            result, t = _timed(lambda: ours(analyzer, workflow, cube, phantom))
+            result = ours(analyzer, workflow, cube, phantom)
             times.setdefault(workflow, []).append(result.fit_seconds)
             row.append(f"{adjusted_rand_score(truth, result.labels.ravel()):.3f} (k={result.n_clusters:d}, "
                        f"{result.fit_seconds:4.1f}s)")

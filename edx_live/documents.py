@@ -7,11 +7,7 @@ from edx_protocol import NOISE_LABEL, ClusterInfo, Clusters, Composition, descri
 
 from edx_live.core.snapshot import Snapshot
 from edx_live.segment.result import SegmentationResult
-from edx_live.segment.tracking import cluster_ids
-
-
-#: Kept in ``choices`` by the tracker; published as cluster labels instead.
-_TRACKING_KEYS = ("cluster_ids", "next_cluster_id")
+from edx_live.segment.tracking import cluster_ids, workflow_choices
 
 
 def _finite(value) -> float | None:
@@ -55,7 +51,7 @@ def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=N
     if convergence is not None:
         tracking.update(agreement=_finite(convergence.ari), spectrum_change=_finite(convergence.spectrum_change),
                         converged=convergence.converged, convergence_criterion=convergence.criterion)
-    choices = {k: _jsonable(v) for k, v in result.choices.items() if k not in _TRACKING_KEYS}
+    choices = {k: _jsonable(v) for k, v in workflow_choices(result).items()}
     header = Clusters(**_common(snapshot), workflow=result.workflow, refit_s=result.fit_seconds,
                       bin_factor=snapshot.bin_factor, energy_offset_kev=snapshot.offset_kev,
                       energy_scale_kev=snapshot.scale_kev, clusters=clusters,

@@ -7,7 +7,7 @@ from pathlib import Path
 from edx_protocol import PROTOCOL_VERSION
 
 import edx_live
-from edx_live.segment.tracking import cluster_ids
+from edx_live.segment.tracking import cluster_ids, workflow_choices
 
 SUMMARY_VERSION = 1
 
@@ -32,7 +32,7 @@ def _workflow(output) -> dict:
         "n_clusters": result.n_clusters,
         "noise_pixels": result.noise_pixels,
         "bin_factor": output.snapshot.bin_factor,
-        "choices": {k: v for k, v in result.choices.items() if k not in ("cluster_ids", "next_cluster_id")},
+        "choices": workflow_choices(result),
         "segment_s": round(result.fit_seconds, 4),
         "quantify_s": round(output.quantify_seconds, 4),
         "method": getattr(quant, "method", None),

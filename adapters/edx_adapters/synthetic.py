@@ -228,10 +228,7 @@ class Phantom:
         The scan is padded with the matrix phase up to a multiple of ``factor``,
         as the service pads an odd scan.
         """
-        fractions = _pad(self.fractions, factor, fill=(1.0, 0.0))
-        n, rows, columns = fractions.shape
-        summed = fractions.reshape(n, rows // factor, factor, columns // factor, factor).sum(axis=(2, 4))
-        return np.argmax(summed, axis=0)
+        return np.argmax(_block_sum(self.fractions, factor, fill=(1.0, 0.0)), axis=0)
 
     def binned_counts(self, dose: float, factor: int, seed=None, block_rows: int = 16) -> np.ndarray:
         """A Poisson draw of the counts summed over ``factor`` x ``factor`` pixels, uint32 (r, c, channels).
@@ -241,11 +238,9 @@ class Phantom:
         binned rows at a time.
         """
         rng = np.random.default_rng(seed)
-        weight = _pad(self.fractions * (self.thickness * self._scale * dose), factor, fill=(0.0, 0.0))
-        n, rows, columns = weight.shape
-        weight = weight.reshape(n, rows // factor, factor, columns // factor, factor).sum(axis=(2, 4))
+        weight = _block_sum(self.fractions * (self.thickness * self._scale * dose), factor, fill=(0.0, 0.0))
         spectra = self.spectra.astype(np.float32)
-        out = np.empty((rows // factor, columns // factor, spectra.shape[1]), dtype=np.uint32)
+        out = np.empty((*weight.shape[1:], spectra.shape[1]), dtype=np.uint32)
         for r0 in range(0, out.shape[0], block_rows):
             lam = np.einsum("krc,ke->rce", weight[:, r0:r0 + block_rows], spectra)
             out[r0:r0 + block_rows] = rng.poisson(lam)
@@ -424,14 +419,18 @@ def synthetic_replay(phantom: Phantom, dose: float = 200.0, frames: int = 10, se
                   _source=Source(fields, frames, chunks))
 
 
-def _pad(stack: np.ndarray, factor: int, fill: tuple[float, float]) -> np.ndarray:
-    """Pad (n, rows, columns) up to multiples of ``factor``: layer 0 with ``fill[0]``, the rest with ``fill[1]``."""
+def _block_sum(stack: np.ndarray, factor: int, fill: tuple[float, float]) -> np.ndarray:
+    """Sum (n, rows, columns) over ``factor`` x ``factor`` blocks.
+
+    The scan is first padded up to multiples of ``factor``: layer 0 with ``fill[0]``,
+    the rest with ``fill[1]``.
+    """
     _check_int("factor", factor, allow_none=False)
     n, rows, columns = stack.shape
     pr, pc = -rows % factor, -columns % factor
-    if not (pr or pc):
-        return stack
-    out = np.full((n, rows + pr, columns + pc), fill[1], dtype=stack.dtype)
-    out[0] = fill[0]
-    out[:, :rows, :columns] = stack
-    return out
+    if pr or pc:
+        padded = np.full((n, rows + pr, columns + pc), fill[1], dtype=stack.dtype)
+        padded[0] = fill[0]
+        padded[:, :rows, :columns] = stack
+        stack, rows, columns = padded, rows + pr, columns + pc
+    return stack.reshape(n, rows // factor, factor, columns // factor, factor).sum(axis=(2, 4))

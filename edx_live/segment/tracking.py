@@ -45,6 +45,15 @@ def cluster_ids(result: SegmentationResult) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+#: Keys of ``choices`` that hold the track state, not a choice of the workflow.
+TRACK_STATE_KEYS = ("cluster_ids", "next_cluster_id")
+
+
+def workflow_choices(result: SegmentationResult) -> dict:
+    """``result.choices`` without the track state (the ids are published as cluster labels)."""
+    return {k: v for k, v in result.choices.items() if k not in TRACK_STATE_KEYS}
+
+
 def _next_id(previous: SegmentationResult | None, next_id: int | None) -> int:
     """First id never used, from every source available (the largest wins, so no id is reused)."""
     candidates = [0 if next_id is None else int(next_id)]
