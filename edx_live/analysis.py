@@ -10,12 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from edx_protocol import Start
 
 from edx_live.core.snapshot import Snapshot
 from edx_live.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
-from edx_live.quantify import quantify_clusters, resolve_lines
+from edx_live.quantify import ClusterQuantifier, QuantifyOptions
+from edx_live.quantify.composition import Setup
+from edx_live.quantify.setup import USER_KFACTORS, acquisition_setup, with_peaks_of
 from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
@@ -40,6 +44,15 @@ class WorkflowOutput:
     convergence: ConvergenceState | None = None
 
 
+def quantify_options(q) -> QuantifyOptions:
+    """The quantification options of a ``[quantify]`` settings section."""
+    return QuantifyOptions(intensities=q.intensities, background_order=q.background_order,
+                           fit_range_kev=q.fit_range_kev, calibrate=tuple(q.calibrate),
+                           recalibrate_growth=q.recalibrate_growth, replicas=q.replicas, bootstrap=q.bootstrap,
+                           weighting=q.weighting, thickness_nm=q.absorption_thickness_nm,
+                           sublattice=tuple(q.sublattice), sublattice_exclude=tuple(q.sublattice_exclude))
+
+
 class Analyzer:
     """Segment and quantify snapshots with the estimators the settings describe.
 
@@ -53,6 +66,8 @@ class Analyzer:
         self.latest: dict[str, WorkflowOutput] = {}
         self.errors = 0
         self._convergence: dict[str, ConvergenceTracker] = {}
+        self._quantifier = ClusterQuantifier(quantify_options(settings.quantify))
+        self._setups: dict = {}
 
     def estimator(self, workflow: str, start: Start | None = None, energy_end_kev: float | None = None):
         """A fresh, unfitted estimator for ``workflow``.
@@ -137,34 +152,43 @@ class Analyzer:
         return matching, tracker.update(previous, matching.result)
 
     def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
-        q = self.settings.quantify
         start = snapshot.start
         try:
-            lines = resolve_lines(q.xray_lines or start.xray_lines, q.elements or start.elements,
-                                  start.beam_energy_kev, offset_kev=snapshot.offset_kev,
-                                  scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1])
-        except ValueError as exc:
-            qlog.warning("no_lines", acquisition_id=start.acquisition_id, error=str(exc))
-            return None, 0.0
-        if len(lines) < 2:
-            qlog.warning("too_few_lines", acquisition_id=start.acquisition_id, lines=lines,
-                         hint="Cliff-Lorimer needs two lines or more: name elements in the acquisition "
-                              "start or in [quantify] elements")
-            return None, 0.0
-        missing = [line for line in lines if line not in q.kfactors]
-        if missing:
-            qlog.warning("no_kfactors", acquisition_id=start.acquisition_id, lines=missing,
-                         hint="give them with --kfactor LINE=VALUE or [quantify.kfactors]")
+            setup = self._setup(snapshot)
+        except ValueError as exc:  # SetupError, LineError, KFactorError: nothing to quantify yet
+            qlog.warning("not_quantified", acquisition_id=start.acquisition_id, workflow=result.workflow,
+                         reason=str(exc))
             return None, 0.0
         t0 = time.perf_counter()
-        det = start.detectors[0]
-        quant = quantify_clusters(result.spectra, offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev,
-                                  beam_energy_kev=start.beam_energy_kev, xray_lines=lines,
-                                  kfactors={k: q.kfactors[k] for k in lines}, pixels=result.pixels,
-                                  elevation_deg=det.elevation_deg, azimuth_deg=det.azimuth_deg,
-                                  energy_resolution_ev=det.energy_resolution_mnka_ev,
-                                  replicas=q.replicas, random_state=0)
+        quant = self._quantifier(snapshot.cube, result.labels, result.n_clusters, setup,
+                                 weights=result.confidence, random_state=0)
         seconds = time.perf_counter() - t0
-        qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=lines,
-                  seconds=round(seconds, 3))
+        qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=list(setup.xray_lines),
+                  intensities=quant.intensity_method, kfactors=setup.kfactor_source.partition(":")[0],
+                  resolution_ev=quant.fit.get("resolution_ev"), seconds=round(seconds, 3))
         return quant, seconds
+
+    def _setup(self, snapshot: Snapshot) -> Setup:
+        """The acquisition's lines and k-factors, worked out once per acquisition.
+
+        Proposed elements are proposed again at every refit, from more counts; with
+        ``fit_only_elements = "auto"`` the peaks of the total spectrum that are not
+        quantified join the model as fit-only elements.
+        """
+        key = snapshot.start.acquisition_id
+        q = self.settings.quantify
+        total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
+        setup = self._setups.get("setup") if self._setups.get("key") == key else None
+        if setup is None or setup.elements_source.startswith("proposed"):
+            source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
+            setup = acquisition_setup(start=snapshot.start, settings=q, offset_kev=snapshot.offset_kev,
+                                      scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1], total=total,
+                                      user_kfactors=q.user_kfactors(), user_source=source)
+        if q.fit_only_elements == "auto":
+            setup = with_peaks_of(setup, total)
+        if self._setups.get("setup") != setup:
+            qlog.info("quantify_setup", acquisition_id=key, lines=list(setup.xray_lines), fit_only=setup.fit_only,
+                      elements_source=setup.elements_source, kfactor_source=setup.kfactor_source,
+                      kfactors=setup.kfactors)
+        self._setups = {"key": key, "setup": setup}
+        return setup

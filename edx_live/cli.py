@@ -26,6 +26,10 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="TOML configuration file (see deploy/edx-live.toml)")
     g.add_argument("--kfactor", action="append", type=_kv, default=[], metavar="LINE=K",
                    help="Cliff-Lorimer k-factor, repeatable: --kfactor Fe_Ka=1.450226")
+    g.add_argument("--kfactor-table", metavar="CSV", help="k-factor table, rows LINE,VALUE (--kfactor wins)")
+    g.add_argument("--intensities", choices=["model", "windows"], help="line intensities: model fit (default) "
+                   "or background-subtracted windows")
+    g.add_argument("--thickness", type=float, metavar="NM", help="absorption correction for a film this thick")
     g.add_argument("--element", action="append", default=[], help="element to quantify, repeatable")
     g.add_argument("--workflow", action="append", choices=["pca-gmm", "umap-hdbscan"],
                    help="run only these workflows (repeatable; default both)")
@@ -52,7 +56,9 @@ def _overrides(args: argparse.Namespace) -> dict:
                   "workflows": get("workflow")},
         "pca_gmm": {"n_clusters": get("n_clusters"), "n_components": get("n_components")},
         "umap_hdbscan": {"min_cluster_size": get("min_cluster_size")},
-        "quantify": {"kfactors": list(get("kfactor") or []) or None, "elements": get("element") or None},
+        "quantify": {"kfactors": list(get("kfactor") or []) or None, "elements": get("element") or None,
+                     "kfactor_table": get("kfactor_table"), "intensities": get("intensities"),
+                     "absorption_thickness_nm": get("thickness")},
         "log_format": get("log_format"), "log_level": get("log_level"),
     }
     prune = lambda d: {k: prune(v) if isinstance(v, dict) else v for k, v in d.items()  # noqa: E731

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edx_live.quantify.kfactors import parse_kfactors
+from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
 
 
 class ConfigError(ValueError):
@@ -107,16 +107,59 @@ class UmapHdbscanSettings(_Section):
 
 
 class QuantifySettings(_Section):
+    """How cluster spectra become compositions (README: Quantification)."""
+
     kfactors: dict[str, float] = Field(default_factory=dict, description="Cliff-Lorimer k-factor per line.")
+    kfactor_table: Path | None = Field(
+        None, description="CSV of LINE,VALUE rows; kfactors given here or on the command line win over it.")
     elements: list[str] = Field(default_factory=list, description="Overrides the acquisition's elements.")
     xray_lines: list[str] = Field(default_factory=list, description="Overrides the acquisition's lines.")
-    replicas: int = Field(64, ge=0, description="Poisson replicas for the uncertainty (0 = none).")
+    propose_elements: bool = Field(
+        True, description="With no elements named anywhere, propose them from the total spectrum's peaks.")
+    fit_only_elements: list[str] | Literal["auto"] = Field(
+        "auto", description="Modelled but not quantified (C film, Cu grid, Si); auto = peaks of the total spectrum.")
+    intensities: Literal["model", "windows"] = Field("model", description="exspy model fit or windows.")
+    background_order: int = Field(6, ge=0, le=12, description="Polynomial background of the model.")
+    fit_range_kev: tuple[float, float] | None = Field(
+        None, description="Energy range of the model fit; None = 0.2 keV to 1 keV above the highest line.")
+    calibrate: list[Literal["resolution", "offset"]] = Field(
+        default_factory=lambda: ["resolution"], description="exspy calibrate_energy_axis steps on the total.")
+    recalibrate_growth: float = Field(2.0, gt=1, description="Recalibrate when the counts grew this much.")
+    replicas: int = Field(64, ge=0, description="Poisson replicas for the counting uncertainty (0 = none).")
+    bootstrap: int = Field(64, ge=0, description="Pixel-bootstrap samples for the spread (0 = none).")
+    weighting: Literal["membership", "hard"] = Field(
+        "membership", description="Weight pixels by their confidence in the cluster, or hard masks.")
+    absorption_thickness_nm: float | None = Field(
+        None, gt=0, description="Absorption correction for a film this thick (nm); None = no correction.")
+    sublattice: list[str] = Field(default_factory=list, description="Entropy species; empty = all but excluded.")
+    sublattice_exclude: list[str] = Field(
+        default_factory=lambda: ["S", "O", "Se", "Te"], description="Left out of the entropy (anions).")
 
     @field_validator("kfactors", mode="before")
     @classmethod
     def _known_lines(cls, value) -> dict[str, float]:
         """Accept a table or ``LINE=VALUE`` strings; check every line exists in exspy's database."""
         return parse_kfactors(value)
+
+    @field_validator("kfactor_table")
+    @classmethod
+    def _readable_table(cls, value: Path | None) -> Path | None:
+        """Read the table at start-up, so a bad path or row stops the service before it binds."""
+        if value is not None:
+            read_kfactor_table(value)
+        return value
+
+    @field_validator("fit_range_kev")
+    @classmethod
+    def _ordered(cls, value):
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError(f"fit_range_kev must be [low, high] with 0 <= low < high keV, got {list(value)}")
+        return value
+
+    def user_kfactors(self) -> dict[str, float]:
+        """The table's k-factors overridden by the ones given one by one."""
+        table = read_kfactor_table(self.kfactor_table) if self.kfactor_table else {}
+        return {**table, **self.kfactors}
 
 
 class TrackingSettings(_Section):

@@ -66,5 +66,9 @@ def composition_document(snapshot: Snapshot, result: SegmentationResult, quant,
     clusters = [c.model_copy(update={"label": int(ids[c.label])}) for c in quant.clusters]
     header = Composition(**_common(snapshot), workflow=result.workflow, quantify_s=seconds, method=quant.method,
                          kfactor_source=quant.kfactor_source, kfactors=quant.kfactors,
-                         xray_lines=list(quant.xray_lines), clusters=clusters)
+                         xray_lines=list(quant.xray_lines), clusters=clusters,
+                         intensity_method=quant.intensity_method, kfactors_theoretical=quant.kfactors_theoretical,
+                         weighting=quant.weighting, elements_source=quant.elements_source,
+                         entropy_species=list(quant.entropy_species), absorption_thickness_nm=quant.thickness_nm,
+                         fit=quant.fit)
     return header, {}

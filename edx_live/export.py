@@ -159,6 +159,7 @@ def _write_workflow(out_dir: Path, workflow: str, output) -> list[Path]:
         quant = getattr(output, "quantification", None)
         if quant is not None:
             _attach_quantification(s, quant)
+            paths.append(write_composition_csv(quant, cluster_ids(result), out_dir / f"composition_{workflow}.csv"))
         paths.append(_save(s, out_dir / f"cluster_spectra_{workflow}.hspy"))
     return paths
 
@@ -171,4 +172,34 @@ def _attach_quantification(s, quant) -> None:
         "xray_lines": list(quant.xray_lines), "kfactors": dict(quant.kfactors),
         "atomic_percent": np.asarray(quant.atomic_percent), "intensities": np.asarray(quant.intensities),
         "atomic_percent_sigma": np.asarray(quant.atomic_percent_sigma),
+        "atomic_percent_sigma_counting": np.asarray(quant.atomic.sigma_counting),
+        "atomic_percent_sigma_spread": np.asarray(quant.atomic.sigma_spread),
+        "weight_percent": np.asarray(quant.weight.value), "weight_percent_sigma": np.asarray(quant.weight.sigma),
+        "entropy_r": np.asarray(quant.entropy.value), "entropy_r_sigma": np.asarray(quant.entropy.sigma),
+        "entropy_species": list(quant.entropy_species), "kfactors_theoretical": quant.kfactors_theoretical,
+        "intensity_method": quant.intensity_method, "weighting": quant.weighting,
         "method": quant.method, "kfactor_source": quant.kfactor_source})
+
+
+CSV_COLUMNS = ("label", "pixels", "element", "xray_line", "atomic_percent", "atomic_percent_sigma",
+               "atomic_percent_sigma_counting", "atomic_percent_sigma_spread", "weight_percent",
+               "weight_percent_sigma", "intensity", "intensity_sigma", "entropy_r", "entropy_r_sigma")
+
+
+def write_composition_csv(quant, ids, path: Path) -> Path:
+    """One row per cluster and element, values with their 1-sigma; provenance in ``#`` header lines."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        fh.write(f"# method: {quant.method}\n# kfactor_source: {quant.kfactor_source}\n"
+                 f"# kfactors: {quant.kfactors}\n# weighting: {quant.weighting}\n")
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        a, w, n, s = quant.atomic, quant.weight, quant.intensity, quant.entropy
+        for i in range(len(quant.pixels)):
+            for j, (element, line) in enumerate(zip(quant.elements, quant.xray_lines)):
+                writer.writerow([int(ids[i]), int(quant.pixels[i]), element, line] + [
+                    f"{v:.6g}" for v in (a.value[i, j], a.sigma[i, j], a.sigma_counting[i, j], a.sigma_spread[i, j],
+                                         w.value[i, j], w.sigma[i, j], n.value[i, j], n.sigma_counting[i, j],
+                                         s.value[i], s.sigma[i])])
+    return path

@@ -12,20 +12,21 @@ from edx_live.segment.tracking import cluster_ids, workflow_choices
 SUMMARY_VERSION = 1
 
 
-def _composition(quant, label: int) -> dict | None:
-    if quant is None:
-        return None
-    for cluster in quant.clusters:
-        if cluster.label == label:
-            return {el: r.model_dump() for el, r in cluster.elements.items()}
-    return None
+def _cluster(quant, label: int) -> dict:
+    """The cluster's composition (per element) and entropy; None values when not quantified."""
+    if quant is not None:
+        for cluster in quant.clusters:
+            if cluster.label == label:
+                return {"composition": {el: r.model_dump() for el, r in cluster.elements.items()},
+                        "entropy_r": cluster.entropy_r, "entropy_r_sigma": cluster.entropy_r_sigma}
+    return {"composition": None, "entropy_r": None, "entropy_r_sigma": None}
 
 
 def _workflow(output) -> dict:
     result, quant = output.result, output.quantification
     ids = cluster_ids(result)
     clusters = [{"label": int(ids[i]), "pixels": int(result.pixels[i]),
-                 "counts": int(round(result.spectra[i].sum())), "composition": _composition(quant, i)}
+                 "counts": int(round(result.spectra[i].sum())), **_cluster(quant, i)}
                 for i in range(result.n_clusters)]
     state = output.convergence
     return {
@@ -39,6 +40,12 @@ def _workflow(output) -> dict:
         "kfactor_source": getattr(quant, "kfactor_source", None),
         "kfactors": getattr(quant, "kfactors", None),
         "xray_lines": list(getattr(quant, "xray_lines", []) or []),
+        "kfactors_theoretical": getattr(quant, "kfactors_theoretical", None),
+        "intensity_method": getattr(quant, "intensity_method", None),
+        "weighting": getattr(quant, "weighting", None),
+        "elements_source": getattr(quant, "elements_source", None),
+        "entropy_species": list(getattr(quant, "entropy_species", []) or []),
+        "fit": getattr(quant, "fit", None),
         "converged": None if state is None else state.converged,
         "agreement_with_previous_refit": None if state is None or state.ari != state.ari else state.ari,
         "clusters": clusters,

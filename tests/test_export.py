@@ -136,7 +136,7 @@ def test_core_shell_exports_exactly_and_quantifies_the_same(data_dir, tmp_path):
     loaded.add_lines()
     ours = quantify_clusters(src.data.sum(axis=(0, 1))[None].astype(float), offset_kev=ax.offset,
                              scale_kev=ax.scale, beam_energy_kev=200.0, elements=["Fe", "Pt"],
-                             kfactors=kfactors, replicas=0)
+                             kfactors=kfactors, replicas=0, intensities="windows")
     theirs = loaded.quantification(loaded.get_lines_intensity(background_windows=loaded.estimate_background_windows()),
                                    "CL", factors=list(kfactors.values()))
     np.testing.assert_allclose(ours.atomic_percent[0], [float(t.data[0]) for t in theirs], atol=1e-9)
@@ -150,7 +150,8 @@ def test_write_outputs_keeps_the_composition(tmp_path):
                           + np.exp(-((energy - 0.525) / 0.03) ** 2 / 2))
     result = SegmentationResult("pca-gmm", result.labels, spectra, result.pixels)
     quant = quantify_clusters(spectra, offset_kev=OFFSET, scale_kev=SCALE, beam_energy_kev=200.0,
-                              elements=["O", "Si"], kfactors={"O_Ka": 2.0, "Si_Ka": 1.0}, replicas=4)
+                              elements=["O", "Si"], kfactors={"O_Ka": 2.0, "Si_Ka": 1.0}, replicas=4,
+                              intensities="windows")
     snapshot = SimpleNamespace(start=start, bin_factor=2, offset_kev=OFFSET, scale_kev=SCALE)
     paths = write_outputs(tmp_path, None, {"pca-gmm": SimpleNamespace(snapshot=snapshot, result=result,
                                                                       quantification=quant)})

@@ -28,15 +28,19 @@ def test_cores_shell_and_support_are_distinct_clusters(processed, workflow):
     clusters = summary["workflows"][workflow]["clusters"]
     assert all(c["composition"] is not None for c in clusters)
     core = max(clusters, key=lambda c: c["composition"]["Pt"]["atomic_percent"])
-    fe_rich = [c for c in clusters if c["composition"]["Pt"]["atomic_percent"] < 5.0]
+    rest = [c for c in clusters if c is not core]
+    fe_rich = [c for c in rest if c["composition"]["Pt"]["atomic_percent"] < 12.0]  # not the core/shell interface
     shell = max(fe_rich, key=lambda c: _per_pixel(c, "Fe"))
     support = min(fe_rich, key=lambda c: _per_pixel(c, "Fe"))
     # the cores: an FePt alloy, Pt well above any other cluster
     assert 25.0 < core["composition"]["Pt"]["atomic_percent"] < 60.0
+    assert all(core["composition"]["Pt"]["atomic_percent"] > c["composition"]["Pt"]["atomic_percent"] + 15
+               for c in rest)
     assert core["composition"]["Pt"]["atomic_percent_sigma"] < 2.0
     assert core["pixels"] >= 40
     # the shell: Fe-rich, and far more Fe per pixel than the carbon support
     assert shell is not support
+    assert shell["composition"]["Fe"]["atomic_percent"] > 85.0
     assert _per_pixel(support, "Fe") < 0.3 * _per_pixel(shell, "Fe")
     assert support["pixels"] > shell["pixels"] > 0
 
@@ -73,3 +77,33 @@ def test_outputs_open_with_hyperspy(processed, data_dir):
         assert spectra.data.shape == (wf["n_clusters"], 992)
         assert spectra.data.sum(axis=1).round().tolist() == [c["counts"] for c in wf["clusters"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"] + ["summary.json"])
+
+
+@pytest.mark.parametrize("workflow", ["pca-gmm", "umap-hdbscan"])
+def test_core_agrees_with_hyperspys_own_model_quantification_of_the_same_pixels(processed, data_dir, workflow):
+    """HyperSpy's documented route on the core's pixels and our fit range: create_model, fit, calibrate, fit."""
+    import hyperspy.api as hs
+
+    out, summary = processed
+    wf = summary["workflows"][workflow]
+    assert wf["intensity_method"] == "model" and wf["weighting"] == "membership"
+    assert wf["kfactors_theoretical"] is False
+    core = max(wf["clusters"], key=lambda c: c["composition"]["Pt"]["atomic_percent"])
+    labels = hs.load(out / f"labels_{workflow}.hspy").data
+    original = hs.load(data_dir / "core_shell.hspy")
+    s = original.sum()
+    s.data = original.rebin(scale=(2, 2, 1)).data[labels == core["label"]].sum(axis=0).astype(float)
+    if "Sample.xray_lines" in s.metadata:
+        del s.metadata.Sample.xray_lines  # so that create_model adds every element's families
+    s.set_elements(wf["fit"]["elements"])
+    low, high = (float(v) for v in wf["fit"]["range"].split()[0].split(".."))
+    m = s.isig[low:high].create_model()
+    m.fit()
+    m.calibrate_energy_axis("resolution")
+    m.fit()
+    reference = s.quantification(m.get_lines_intensity(xray_lines=["Fe_Ka", "Pt_La"]), "CL",
+                                 factors=[1.450226, 5.075602])
+    fe = core["composition"]["Fe"]
+    assert abs(fe["atomic_percent"] - float(np.ravel(reference[0].data)[0])) < max(2.0, 2 * fe["atomic_percent_sigma"])
+    assert 0 < fe["atomic_percent_sigma_counting"] <= fe["atomic_percent_sigma"]
+    assert core["entropy_r"] == pytest.approx(0.69, abs=0.05)  # Fe:Pt near 1:1, ln 2 = 0.693

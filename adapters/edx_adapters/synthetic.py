@@ -309,6 +309,26 @@ def make_phantom(shape: tuple[int, int] = (128, 128), phases: Sequence[Phase] = 
                    float(beam_energy_kev), float(resolution_ev), kfactors, rate, mix)
 
 
+def phase_spectrum(composition: Mapping[str, float], xray_lines: Sequence[str], counts: float = 1.0, *,
+                   kfactors: Mapping[str, float] | None = None, channels: int = 2048, scale_kev: float = 0.01,
+                   offset_kev: float = 0.0, beam_energy_kev: float = 200.0,
+                   resolution_ev: float = DEFAULT_RESOLUTION_EV) -> np.ndarray:
+    """Expected spectrum of one phase, ``counts`` counts in all, with known k-factors.
+
+    The phantom's intensity model: each element's principal line (``xray_lines``) has an
+    intensity proportional to its weight fraction divided by its k-factor (1 when not
+    given), every line of its family follows with exspy's weights and the detector's
+    width, on a Kramers continuum. Cliff-Lorimer with ``kfactors`` returns ``composition``
+    (atomic percent). Draw a measurement with ``numpy.random.Generator.poisson``.
+    """
+    total = sum(composition.values())
+    atomic = {e: 100.0 * v / total for e, v in composition.items()}
+    factors = {line: 1.0 for line in xray_lines} | dict(kfactors or {})
+    energy = offset_kev + scale_kev * np.arange(channels)
+    phase = Phase("phase", atomic, tuple(xray_lines))
+    return counts * _spectrum(phase, atomic, energy, beam_energy_kev, resolution_ev, factors)
+
+
 def _spectrum(phase: Phase, atomic: Mapping[str, float], energy: np.ndarray, beam_kev: float,
               resolution_ev: float, kfactors: Mapping[str, float]) -> np.ndarray:
     """Expected spectrum of a pure phase, summing to its brightness."""

@@ -101,3 +101,55 @@ def require_kfactors(lines: Iterable[str], kfactors: Mapping[str, float]) -> lis
         raise KFactorError(f"no k-factor for {', '.join(missing)} (quantifying {', '.join(lines)}); "
                            f"give them with {hint} or in [quantify.kfactors]")
     return [float(kfactors[line]) for line in lines]
+
+
+def read_kfactor_table(path) -> dict[str, float]:
+    """k-factors from a CSV table: one ``LINE,VALUE`` row per line, e.g. ``Fe_Ka,1.450226``.
+
+    Accepted: comma, semicolon or tab between the two columns; an optional header row
+    whose second column is not a number (e.g. ``line,kfactor``); blank lines and lines
+    starting with ``#``; extra columns after the value (ignored, e.g. a reference).
+    Every line name is checked against exspy's database.
+
+    Raises
+    ------
+    KFactorError
+        The file cannot be read, or a row is malformed; the message names the file and row.
+    """
+    import re
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise KFactorError(f"cannot read the k-factor table {path}: {exc.strerror or exc}; give the path of a "
+                           "CSV file with rows LINE,VALUE (e.g. Fe_Ka,1.450226)") from None
+    result: dict[str, float] = {}
+    for number, row in enumerate(text.splitlines(), start=1):
+        row = row.strip()
+        if not row or row.startswith("#"):
+            continue
+        cells = [c.strip().strip('"') for c in re.split(r"[,;\t]", row)]
+        if len(cells) < 2:
+            raise KFactorError(f"{path}:{number}: expected LINE,VALUE (e.g. Fe_Ka,1.450226), got {row!r}")
+        if not result and not _is_number(cells[1]):
+            continue  # header
+        try:
+            line, value = check_kfactor(cells[0], cells[1])
+        except KFactorError as exc:
+            raise KFactorError(f"{path}:{number}: {exc}") from None
+        if result.get(line, value) != value:
+            raise KFactorError(f"{path}:{number}: k-factor of {line} given twice ({result[line]} and {value})")
+        result[line] = value
+    if not result:
+        raise KFactorError(f"the k-factor table {path} has no rows; write one LINE,VALUE row per X-ray line")
+    return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

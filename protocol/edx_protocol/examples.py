@@ -142,18 +142,26 @@ def _clusters() -> Example:
 
 def _composition() -> Example:
     clusters = [
-        ClusterComposition(label=0, pixels=2, elements={
-            "Fe": ElementResult(atomic_percent=52.5, atomic_percent_sigma=3.25, intensity=1200.0),
-            "Pt": ElementResult(atomic_percent=47.5, atomic_percent_sigma=3.25, intensity=3100.0)}),
+        ClusterComposition(label=0, pixels=2, entropy_r=0.692, entropy_r_sigma=0.004, elements={
+            "Fe": ElementResult(atomic_percent=52.5, atomic_percent_sigma=3.25, intensity=1200.0,
+                                atomic_percent_sigma_counting=3.0, atomic_percent_sigma_spread=1.25,
+                                weight_percent=24.0, weight_percent_sigma=2.0, intensity_sigma=40.0),
+            "Pt": ElementResult(atomic_percent=47.5, atomic_percent_sigma=3.25, intensity=3100.0,
+                                atomic_percent_sigma_counting=3.0, atomic_percent_sigma_spread=1.25,
+                                weight_percent=76.0, weight_percent_sigma=2.0, intensity_sigma=60.0)}),
         ClusterComposition(label=1, pixels=3, elements={
             "Fe": ElementResult(atomic_percent=90.0, atomic_percent_sigma=None, intensity=800.0),
             "Pt": ElementResult(atomic_percent=10.0, atomic_percent_sigma=None, intensity=95.0)}),
     ]
     header = Composition(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=22, final=True,
                          workflow="umap-hdbscan", refit=2, quantify_s=0.125,
-                         method="Cliff-Lorimer on background-subtracted line intensities",
-                         kfactor_source="user", kfactors={"Fe_Ka": 1.450226, "Pt_La": 5.075602},
-                         xray_lines=["Fe_Ka", "Pt_La"], clusters=clusters)
+                         method="Cliff-Lorimer on fitted line areas",
+                         kfactor_source="user: config/command line",
+                         kfactors={"Fe_Ka": 1.450226, "Pt_La": 5.075602},
+                         xray_lines=["Fe_Ka", "Pt_La"], clusters=clusters, intensity_method="model",
+                         kfactors_theoretical=False, weighting="membership", elements_source="acquisition start",
+                         entropy_species=["Fe", "Pt"], absorption_thickness_nm=None,
+                         fit={"elements": ["Fe", "Pt"], "range": "0.20..13.94 keV", "resolution_ev": 131.5})
     return Example("composition", "Final umap-hdbscan composition of 2 clusters; cluster 1 without "
                                   "uncertainties.", header, {}, topic_for("composition", "umap-hdbscan"))
 

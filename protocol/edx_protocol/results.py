@@ -121,14 +121,25 @@ class Clusters(_Document):
 
 class ElementResult(_Model):
     atomic_percent: float = Field(description="Composition, in atomic percent.")
-    atomic_percent_sigma: float | None = Field(description="1-sigma uncertainty, None when unknown.")
-    intensity: float = Field(description="Measured X-ray line intensity, in counts.")
+    atomic_percent_sigma: float | None = Field(
+        description="1-sigma uncertainty (counting and spread inside the cluster combined), None when unknown.")
+    intensity: float = Field(description="Measured X-ray line intensity (fitted line area or window), in counts.")
+    atomic_percent_sigma_counting: float | None = Field(
+        default=None, description="Part of the 1-sigma from counting statistics alone.")
+    atomic_percent_sigma_spread: float | None = Field(
+        default=None, description="Part of the 1-sigma from the spread of the cluster's pixels beyond counting.")
+    weight_percent: float | None = Field(default=None, description="Composition, in weight percent.")
+    weight_percent_sigma: float | None = Field(default=None, description="1-sigma of weight_percent.")
+    intensity_sigma: float | None = Field(default=None, description="Counting 1-sigma of the intensity.")
 
 
 class ClusterComposition(_Model):
     label: int = Field(ge=0)
     pixels: int = Field(ge=0, description="Binned pixels assigned to the cluster.")
     elements: dict[str, ElementResult] = Field(description="By element symbol, e.g. Fe.")
+    entropy_r: float | None = Field(
+        default=None, description="Configurational entropy over `entropy_species`, in units of R.")
+    entropy_r_sigma: float | None = Field(default=None, description="1-sigma of entropy_r.")
 
 
 class Composition(_Document):
@@ -143,6 +154,20 @@ class Composition(_Document):
     kfactors: dict[str, float] = Field(description="Cliff-Lorimer k-factor by X-ray line, e.g. Fe_Ka.")
     xray_lines: list[str] = Field(description="The X-ray lines quantified, HyperSpy style, e.g. Fe_Ka.")
     clusters: list[ClusterComposition]
+    intensity_method: Literal["model", "windows"] = Field(
+        default="windows", description="Line intensities from exspy's model fit or from background-subtracted windows.")
+    kfactors_theoretical: bool = Field(
+        default=False, description="True when the k-factors are computed, not measured: treat compositions as such.")
+    weighting: Literal["membership", "hard"] = Field(
+        default="hard", description="Cluster spectra from membership-weighted pixels or hard masks.")
+    elements_source: str = Field(
+        default="", description="Where the elements came from: acquisition start, config, or proposed from peaks.")
+    entropy_species: list[str] = Field(
+        default_factory=list, description="Elements of the sublattice entering entropy_r.")
+    absorption_thickness_nm: float | None = Field(
+        default=None, description="Film thickness of the absorption correction; None: no correction.")
+    fit: dict[str, float | str | list[str] | list[float] | list[list[float]]] = Field(
+        default_factory=dict, description="The model fit: elements, range, calibrated resolution and offset.")
 
 
 ResultDocument = Annotated[Union[Status, Clusters, Composition], Field(discriminator="kind")]
