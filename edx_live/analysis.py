@@ -19,7 +19,8 @@ from edx_live.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
 from edx_live.quantify import ClusterQuantifier, QuantifyOptions
 from edx_live.quantify.composition import Setup
-from edx_live.quantify.setup import USER_KFACTORS, acquisition_setup, with_peaks_of
+from edx_live.quantify.kfactors import USER_KFACTORS
+from edx_live.quantify.setup import acquisition_setup, with_peaks_of
 from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
@@ -154,21 +155,22 @@ class Analyzer:
     def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
         start = snapshot.start
         try:
-            setup = self._setup(snapshot)
+            total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
+            setup = self._setup(snapshot, total)
         except ValueError as exc:  # SetupError, LineError, KFactorError: nothing to quantify yet
             qlog.warning("not_quantified", acquisition_id=start.acquisition_id, workflow=result.workflow,
                          reason=str(exc))
             return None, 0.0
         t0 = time.perf_counter()
         quant = self._quantifier(snapshot.cube, result.labels, result.n_clusters, setup,
-                                 weights=result.confidence, random_state=0)
+                                 weights=result.confidence, total=total, random_state=0)
         seconds = time.perf_counter() - t0
         qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=list(setup.xray_lines),
                   intensities=quant.intensity_method, kfactors=setup.kfactor_source.partition(":")[0],
                   resolution_ev=quant.fit.get("resolution_ev"), seconds=round(seconds, 3))
         return quant, seconds
 
-    def _setup(self, snapshot: Snapshot) -> Setup:
+    def _setup(self, snapshot: Snapshot, total: np.ndarray) -> Setup:
         """The acquisition's lines and k-factors, worked out once per acquisition.
 
         Proposed elements are proposed again at every refit, from more counts; with
@@ -177,7 +179,6 @@ class Analyzer:
         """
         key = snapshot.start.acquisition_id
         q = self.settings.quantify
-        total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
         setup = self._setups.get("setup") if self._setups.get("key") == key else None
         if setup is None or setup.elements_source.startswith("proposed"):
             source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")

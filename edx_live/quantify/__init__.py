@@ -14,9 +14,9 @@
 
 from .cliff_lorimer import Detector, Windows
 from .composition import ClusterQuantifier, Quantification, QuantifyOptions, Setup, quantify_spectra
-from .kfactors import KFactorError, parse_kfactors, read_kfactor_table
+from .kfactors import USER_KFACTORS, KFactorError, parse_kfactors, read_kfactor_table
 from .lines import LineError, resolve_lines
-from .setup import USER_KFACTORS, SetupError, acquisition_setup, quantify_clusters
+from .setup import SetupError, acquisition_setup, quantify_clusters
 
 __all__ = ["ClusterQuantifier", "Detector", "KFactorError", "LineError", "Quantification", "QuantifyOptions",
            "Setup", "SetupError", "USER_KFACTORS", "Windows", "acquisition_setup", "parse_kfactors",

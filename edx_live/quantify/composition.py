@@ -21,7 +21,7 @@ recalibrates its detector resolution only when the counts have grown enough to m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -29,7 +29,7 @@ from edx_protocol import ClusterComposition, ElementResult
 
 from .cliff_lorimer import Detector, Windows, describe_intensities, weight_fractions, window_intensities
 from .entropy import configurational_entropy, sublattice
-from .kfactors import require_kfactors
+from .kfactors import USER_KFACTORS, require_kfactors
 from .lines import highest_line_kev
 from .model import LineModel, ModelKey
 from .samples import ClusterSamples, cluster_samples
@@ -95,7 +95,7 @@ class Setup:
     detector: Detector
     xray_lines: tuple[str, ...]
     kfactors: dict[str, float]
-    kfactor_source: str = "user: config/command line"
+    kfactor_source: str = USER_KFACTORS
     kfactors_theoretical: bool = False
     fit_only: tuple[str, ...] = ()
     elements_source: str = "acquisition start"
@@ -259,10 +259,12 @@ class ClusterQuantifier:
         return self.model_
 
     def __call__(self, cube: np.ndarray, labels: np.ndarray, n_clusters: int, setup: Setup,
-                 weights: np.ndarray | None = None, random_state=None) -> Quantification:
+                 weights: np.ndarray | None = None, total: np.ndarray | None = None,
+                 random_state=None) -> Quantification:
         """Quantify every cluster of ``labels`` over ``cube`` (rows, columns, channels) or (pixels, channels).
 
         ``weights`` (membership per pixel) is used when the options ask for membership weighting.
+        ``total`` is the cube's total spectrum, if the caller has it already.
         """
         o = self.options
         require_kfactors(setup.xray_lines, setup.kfactors)
@@ -272,7 +274,9 @@ class ClusterQuantifier:
         use = weights if o.weighting == "membership" else None
         model = None
         if o.intensities == "model":
-            model = self.model(setup, np.asarray(cube).reshape(-1, cube.shape[-1]).sum(axis=0, dtype=np.float64))
+            if total is None:
+                total = np.asarray(cube).reshape(-1, cube.shape[-1]).sum(axis=0, dtype=np.float64)
+            model = self.model(setup, total)
         samples = cluster_samples(cube, labels, n_clusters, weights=use, replicas=o.replicas, bootstrap=o.bootstrap,
                                   blocks=o.blocks, channels=model.channels if model else slice(None),
                                   random_state=random_state)
@@ -335,14 +339,8 @@ def quantify_spectra(spectra: np.ndarray, setup: Setup, options: QuantifyOptions
     spectra = np.atleast_2d(np.asarray(spectra, dtype=np.float64))
     if spectra.ndim != 2 or not spectra.shape[0]:
         raise ValueError(f"spectra must be (n_clusters, channels) with at least one cluster, got {spectra.shape}")
-    quantifier = ClusterQuantifier(_replace(options, bootstrap=0, weighting="hard"))
+    quantifier = ClusterQuantifier(replace(options, bootstrap=0, weighting="hard"))
     q = quantifier(spectra, np.arange(len(spectra)), len(spectra), setup, random_state=random_state)
     if pixels is not None:
-        q = _replace(q, pixels=np.asarray(pixels, dtype=int))
+        q = replace(q, pixels=np.asarray(pixels, dtype=int))
     return q
-
-
-def _replace(obj, **changes):
-    from dataclasses import replace
-
-    return replace(obj, **changes)

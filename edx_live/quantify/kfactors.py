@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping
 
 from .lines import LineError, validate_line
 
+#: Provenance of k-factors the user gave (command line, configuration).
+USER_KFACTORS = "user: config/command line"
+
 _EXAMPLE = "e.g. --kfactor Fe_Ka=1.450226 or [quantify.kfactors] Fe_Ka = 1.450226"
 
 

@@ -173,7 +173,7 @@ class LineModel:
 
             def chi2(value, set_=set_):
                 set_(value)
-                residual = y - self.design_ @ (self.projection_ @ y)
+                residual = y - self.fitted(total)
                 return float(residual @ residual)
 
             best = minimize_scalar(chi2, bounds=(low, high), method="bounded", options={"xatol": tol})

@@ -43,10 +43,6 @@ class ClusterSamples:
     pixels: np.ndarray
     weight: np.ndarray
 
-    @property
-    def measured(self) -> np.ndarray:
-        return self.stack[:, 0]
-
     def counting(self, values: np.ndarray) -> np.ndarray:
         """The counting-replica part of ``values`` computed from :attr:`stack` (same leading axes)."""
         return values[:, 1:1 + self.replicas]

@@ -14,11 +14,8 @@ import numpy as np
 
 from .cliff_lorimer import Detector
 from .composition import Setup
-from .kfactors import missing_kfactors, require_kfactors
+from .kfactors import USER_KFACTORS, missing_kfactors, require_kfactors
 from .lines import resolve_lines
-
-USER_KFACTORS = "user: config/command line"
-
 
 class SetupError(ValueError):
     """Nothing can be quantified yet; the message says what to give."""
