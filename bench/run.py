@@ -7,7 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py") if p.stem != "run")
+    names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py") if p.stem != "run" and not p.stem.startswith("_"))
     for name in names:
         print(f"== {name}", flush=True)
         runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")

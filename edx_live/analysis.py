@@ -8,6 +8,7 @@ them. It imports no sockets.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,8 +103,12 @@ class Analyzer:
         top = highest_line_kev(set(elements), min(start.beam_energy_kev, energy_end_kev)) if elements else None
         return None if top is None else top + LINE_MARGIN_KEV
 
-    def __call__(self, snapshot: Snapshot) -> list:
-        documents = []
+    def __call__(self, snapshot: Snapshot) -> Iterator[tuple]:
+        """Yield each document of the refit as soon as it is ready.
+
+        The first workflow's cluster map goes out before the second workflow
+        starts, so the service publishes it without waiting for the whole refit.
+        """
         for workflow in self.settings.refit.workflows:
             try:
                 end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
@@ -124,7 +129,7 @@ class Analyzer:
                      refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
                      appeared=matching.appeared, vanished=matching.vanished, agreement=state.ari,
                      converged=state.converged, seconds=round(result.fit_seconds, 3))
-            documents.append(clusters_document(snapshot, result, matching, state))
+            yield clusters_document(snapshot, result, matching, state)
             try:
                 quant, seconds = self._quantify(snapshot, result)
             except Exception:
@@ -134,8 +139,7 @@ class Analyzer:
                 quant, seconds = None, 0.0
             self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds, matching, state)
             if quant is not None:
-                documents.append(composition_document(snapshot, result, quant, seconds))
-        return documents
+                yield composition_document(snapshot, result, quant, seconds)
 
     def _previous(self, workflow: str, snapshot: Snapshot) -> SegmentationResult | None:
         """The last result of ``workflow`` for the same acquisition, if any."""

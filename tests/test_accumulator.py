@@ -47,6 +47,22 @@ def test_velox_stream_chunks_equal_dense_reference():
     np.testing.assert_array_equal(acc.cube.reshape(-1, CH), ref)
 
 
+def test_long_velox_stream_with_crop_and_rebin_equals_naive_sum():
+    """A stream far longer than the kernel's prefetch distance, with empty pixels and a crop."""
+    rng = np.random.default_rng(5)
+    ref = rng.poisson(2.0, (SHAPE[0] * SHAPE[1], CH)).astype(np.uint64)
+    ref[[3, 4, 20]] = 0
+    sel = EnergySelection.from_range(0.0, 0.01, CH, min_kev=0.05, max_kev=0.31, rebin=4)
+    acc = Accumulator(SHAPE, CH, sel)
+    stream = _velox(ref, 0, ref.shape[0], rng)
+    assert stream.size > 2000
+    acc.add_velox(stream, 0)
+    kept = ref[:, sel.lo:sel.lo + sel.channels * sel.rebin]
+    np.testing.assert_array_equal(acc.cube.reshape(-1, sel.channels),
+                                  kept.reshape(ref.shape[0], sel.channels, sel.rebin).sum(-1))
+    assert acc.events == int(ref.sum())
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
 def test_dense_blocks_with_crop_and_rebin(dtype):
     rng = np.random.default_rng(3)

@@ -127,3 +127,14 @@ def test_status_of_an_idle_service_is_a_valid_document():
     status = service.status()
     assert (status.state, status.acquisition_id, status.gaps.count) == ("idle", None, 0)
     assert decode_result(encode(status)).header == status
+
+
+def test_counts_per_detector_of_events_frames(ingest):
+    rng = np.random.default_rng(7)
+    detector = rng.integers(0, 4, 500).astype(np.uint8)
+    arrays = {"pixel": rng.integers(0, 24, 500).astype(np.uint32),
+              "channel": rng.integers(0, CH, 500).astype(np.uint16), "detector": detector}
+    frame = EventsFrame(acquisition_id="acq-1", seq=2, frame_index=0, arrays=describe(arrays))
+    assert ingest.receive(encode(frame, arrays)).kind == "frame"
+    expected = {d: int((detector == d).sum()) for d in range(4)}
+    assert dict(ingest.current.detector_counts) == expected

@@ -93,3 +93,33 @@ def test_logs_follow_stderr_even_after_the_configured_one_is_closed(monkeypatch)
     monkeypatch.setattr("sys.stderr", second)
     get_logger("service").info("still_logging", n=1)
     assert json.loads(second.getvalue())["event"] == "still_logging"
+
+
+def test_each_document_is_published_as_soon_as_the_refit_yields_it():
+    """The second workflow's work starts only after the first workflow's document went out."""
+    import numpy as np
+    from edx_protocol import Status, encode
+
+    from test_ingest import events, start, stop  # the same message builders
+
+    first_published = threading.Event()
+    seen_before_second = []
+
+    def analyze(snapshot):
+        yield Status(seq=0, acquisition_id="first", frames=0, counts=0, state="idle", messages=0,
+                     refits=0, final=False), {}
+        seen_before_second.append(first_published.wait(30))  # False if publishing waited for the whole refit
+        yield Status(seq=0, acquisition_id="second", frames=0, counts=0, state="idle", messages=0,
+                     refits=0, final=False), {}
+
+    def subscriber(header, arrays):
+        if header.acquisition_id == "first":
+            first_published.set()
+
+    conn = MemoryConnection()
+    service = Service(load_settings(), conn, [subscriber], analyze=analyze)
+    conn.put(encode(start()))
+    conn.put(events(1, np.arange(24), np.full(24, 3)))
+    conn.put(stop(2))
+    service.run(stop_after=1)
+    assert seen_before_second == [True]

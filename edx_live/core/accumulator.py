@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
+from .memory import zeroed
 
 
 class FrameRejected(ValueError):
@@ -79,7 +80,7 @@ class Accumulator:
         self.detector_channels = int(detector_channels)
         self.selection = selection
         self.n_pixels = self.scan_shape[0] * self.scan_shape[1]
-        self._flat = np.zeros((self.n_pixels, selection.channels), dtype=dtype)
+        self._flat = zeroed((self.n_pixels, selection.channels), dtype, populate_in_background=True)
         self.counts = 0  # counts inside the kept energy range
         self.events = 0  # counts received, kept or not
 
@@ -112,25 +113,23 @@ class Accumulator:
                                                   f"the acquisition {self.detector_channels}")
         if counts.shape[0]:
             self._check_pixels(pixel_start + counts.shape[0] - 1, "dense block")
-        events = int(counts.sum(dtype=np.uint64))
-        return self._account(events, kernels.add_dense(
-            self._flat, counts, pixel_start, self.selection.lo, self.selection.rebin))
+        return self._account(*kernels.add_dense(self._flat, counts, pixel_start, self.selection.lo,
+                                                self.selection.rebin))
 
     def binned(self, factor: int) -> np.ndarray:
-        """Spectrum image summed over ``factor`` x ``factor`` pixels, as uint64.
+        """Spectrum image summed over ``factor`` x ``factor`` pixels.
 
-        Scans whose sides are not multiples of ``factor`` are padded with empty
-        pixels, so the last row or column of bins covers fewer pixels.
+        Scans whose sides are not multiples of ``factor`` leave the last row or
+        column of bins covering fewer pixels. The result is uint32 (half the
+        memory of uint64) while the acquisition holds fewer than 2**31 counts, so
+        no bin can overflow even if that many more arrive while it is summed;
+        uint64 after that.
         """
-        cube = self.cube
-        if factor == 1:
-            return cube.astype(np.uint64)
-        rows, cols, ch = cube.shape
-        pr, pc = -rows % factor, -cols % factor
-        if pr or pc:
-            cube = np.pad(cube, ((0, pr), (0, pc), (0, 0)))
-        r, c = cube.shape[0] // factor, cube.shape[1] // factor
-        return cube.reshape(r, factor, c, factor, ch).sum(axis=(1, 3), dtype=np.uint64)
+        rows, columns = self.scan_shape
+        dtype = np.uint32 if self.events < 2**31 else np.uint64
+        out = zeroed((-(-rows // factor) * -(-columns // factor), self.selection.channels), dtype)
+        kernels.bin_pixels(self._flat, columns, factor, out)
+        return out.reshape(-(-rows // factor), -(-columns // factor), -1)
 
     def _account(self, events: int, kept: int) -> int:
         self.events += int(events)

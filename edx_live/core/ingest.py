@@ -146,8 +146,8 @@ class Ingest:
         if isinstance(header, EventsFrame):
             counts = acc.add_events(arrays["pixel"], arrays["channel"])
             if "detector" in arrays:
-                det, n = np.unique(arrays["detector"], return_counts=True)
-                acq.detector_counts.update({int(d): int(c) for d, c in zip(det, n)})
+                per_detector = np.bincount(arrays["detector"], minlength=1)  # linear; np.unique sorts
+                acq.detector_counts.update({int(d): int(c) for d, c in enumerate(per_detector) if c})
         elif isinstance(header, VeloxFrame):
             counts = acc.add_velox(arrays["stream"], header.pixel_start)
             acq.detector_counts[header.detector or 0] += counts

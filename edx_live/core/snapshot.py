@@ -18,7 +18,7 @@ class Snapshot:
     ----------
     start : Start
         The acquisition's start message (scan, energy axis, beam, detectors, elements).
-    cube : numpy.ndarray of uint64, shape (rows, columns, channels)
+    cube : numpy.ndarray of uint32 (uint64 past 2**31 counts), shape (rows, columns, channels)
         Spectrum image summed over ``bin_factor`` x ``bin_factor`` pixels.
     bin_factor : int
     offset_kev, scale_kev : float

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from edx_protocol import Gaps, Status
@@ -26,7 +26,7 @@ log = get_logger("ingest")
 refit_log = get_logger("service")
 
 Subscriber = Callable[..., None]
-Analyze = Callable[[Snapshot], list]
+Analyze = Callable[[Snapshot], Iterable]
 
 
 class Service:
@@ -39,8 +39,9 @@ class Service:
         Where frames come from.
     subscribers : list of callables ``(header, arrays)``
         Receive every document (status, clusters, composition).
-    analyze : callable ``Snapshot -> list of (header, arrays)``
-        The refit: segmentation and quantification of one snapshot.
+    analyze : callable ``Snapshot -> iterable of (header, arrays)``
+        The refit: segmentation and quantification of one snapshot; documents are
+        published as the iterable yields them.
     warm_up : callable, optional
         Run first on the refit thread (JIT compilation), so start-up does not wait for it;
         the first refit waits instead.
@@ -156,9 +157,8 @@ class Service:
     def _refit(self, acq: Acquisition, index: int, final: bool) -> bool:
         t0 = time.perf_counter()
         snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final)
-        documents = self.analyze(snapshot) if snapshot.counts else []
-        for header, arrays in documents:
-            self.emit(header, arrays)
+        for header, arrays in (self.analyze(snapshot) if snapshot.counts else ()):
+            self.emit(header, arrays)  # each as soon as the refit yields it
         self.last_refit_s = time.perf_counter() - t0
         refit_log.info("refit_done", acquisition_id=acq.acquisition_id, refit=index, final=final,
                        frames=snapshot.frames, counts=snapshot.counts, seconds=round(self.last_refit_s, 3))

@@ -1,0 +1,91 @@
+"""What every benchmark needs: the machine it ran on, resident memory, a timer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def machine() -> str:
+    """One line: CPU model, cores this process may use, memory, Python and the numeric libraries."""
+    import numba
+    import numpy as np
+
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    return (f"{model}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
+            f"numba {numba.__version__}")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def peak_rss_bytes() -> int:
+    """Highest resident memory of this process so far (the kernel's high-water mark)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RssSampler:
+    """Samples resident memory every ``interval_s`` in a thread; ``peak`` is the highest seen."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "RssSampler":
+        self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+@contextmanager
+def peak_memory():
+    """Yield a dict; on exit it holds ``before`` and ``peak`` resident bytes and ``extra`` = peak - before."""
+    out = {"before": rss_bytes()}
+    with RssSampler() as sampler:
+        yield out
+    out["peak"] = sampler.peak
+    out["extra"] = sampler.peak - out["before"]
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Shortest wall time of ``repeats`` calls of ``fn`` (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
