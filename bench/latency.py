@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RssSampler, gib, machine  # noqa: E402
 
 EVENTS_PER_MESSAGE = 10_000
-DISTINCT_SWEEPS = 3
 
 
 # the producer process ---------------------------------------------------------------------------
@@ -48,8 +47,10 @@ def produce(endpoint: str, size: int, rate: float, seconds: float, counts: float
     from edx_adapters.synthetic import make_phantom
 
     phantom = make_phantom((size, size))
-    sweeps = list(phantom.frames(counts, DISTINCT_SWEEPS, seed=1))  # the same dose rate, cycled
-    rows = max(1, int(round(EVENTS_PER_MESSAGE / (size * counts / DISTINCT_SWEEPS))))
+    n_sweeps = int(np.ceil(rate * seconds / (size * size * counts))) + 1
+    # Independent Poisson sweeps, drawn before timing starts (repeating a few would add up their noise)
+    sweeps = list(phantom.frames(counts * n_sweeps, n_sweeps, seed=1))
+    rows = max(1, int(round(EVENTS_PER_MESSAGE / (size * counts))))
     step = rows * size
     bounds = [np.searchsorted(s["pixel"], np.arange(0, size * size + step, step)) for s in sweeps]
     context = zmq.Context()
@@ -61,8 +62,8 @@ def produce(endpoint: str, size: int, rate: float, seconds: float, counts: float
     sys.stdin.readline()
     sent, cumulative, total, seq, frame = [], [], 0, 1, 0
     t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        events, edges = sweeps[frame % DISTINCT_SWEEPS], bounds[frame % DISTINCT_SWEEPS]
+    while time.monotonic() - t0 < seconds and frame < n_sweeps:
+        events, edges = sweeps[frame], bounds[frame]
         for lo, hi in zip(edges[:-1], edges[1:]):
             arrays = {"pixel": events["pixel"][lo:hi], "channel": events["channel"][lo:hi]}
             due = t0 + (total + hi - lo) / rate  # the detector has counted these by then

@@ -1,4 +1,4 @@
-"""Run every benchmark in this folder (python3 make.py bench)."""
+"""Run every benchmark in this folder (python3 make.py bench), or the ones named: run.py ingest latency."""
 
 import runpy
 import sys
@@ -7,7 +7,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py") if p.stem != "run" and not p.stem.startswith("_"))
+    names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py")
+                                   if p.stem != "run" and not p.stem.startswith("_"))
     for name in names:
         print(f"== {name}", flush=True)
-        runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")
+        sys.argv = [str(HERE / f"{name}.py")]  # each with its own defaults
+        runpy.run_path(sys.argv[0], run_name="__main__")
