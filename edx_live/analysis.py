@@ -36,7 +36,7 @@ qlog = get_logger("quantify")
 
 @dataclass
 class WorkflowOutput:
-    """The latest answer of one workflow."""
+    """The latest answer of one workflow; ``snapshot`` describes its input, without the cube."""
 
     snapshot: Snapshot
     result: SegmentationResult
@@ -137,7 +137,7 @@ class Analyzer:
                 qlog.exception("quantify_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                                refit=snapshot.refit)
                 quant, seconds = None, 0.0
-            self.latest[workflow] = WorkflowOutput(snapshot, result, quant, seconds, matching, state)
+            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, quant, seconds, matching, state)
             if quant is not None:
                 yield composition_document(snapshot, result, quant, seconds)
 

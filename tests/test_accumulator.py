@@ -131,3 +131,38 @@ def test_velox_trailing_marker_after_last_pixel_is_accepted():
 def test_energy_range_that_keeps_nothing_is_an_error():
     with pytest.raises(ValueError, match="keeps no channel"):
         EnergySelection.from_range(0.0, 0.01, CH, min_kev=5.0)
+
+
+def test_large_cube_accumulates_exactly_while_its_pages_are_populated():
+    """A cube above the huge-page threshold: mapped memory, populated by a thread while events arrive."""
+    import mmap
+
+    from edx_live.core.memory import LARGE_BYTES
+
+    shape, channels = (96, 96), 1024
+    assert shape[0] * shape[1] * channels * 4 >= LARGE_BYTES
+    rng = np.random.default_rng(6)
+    pixel = np.sort(rng.integers(0, shape[0] * shape[1], 200_000)).astype(np.uint32)
+    channel = rng.integers(0, channels, pixel.size).astype(np.uint16)
+    acc = Accumulator(shape, channels, EnergySelection.from_range(0.0, 0.01, channels))
+    assert isinstance(acc._flat.base.base.obj, mmap.mmap)  # the mapped, populated path
+    for lo in range(0, pixel.size, 7919):
+        acc.add_events(pixel[lo:lo + 7919], channel[lo:lo + 7919])
+    ref = np.zeros((shape[0] * shape[1], channels), np.uint64)
+    np.add.at(ref, (pixel, channel), 1)
+    np.testing.assert_array_equal(acc.cube.reshape(-1, channels), ref)
+    binned = acc.binned(4)
+    assert binned.dtype == np.uint32
+    np.testing.assert_array_equal(binned, ref.reshape(24, 4, 24, 4, channels).sum(axis=(1, 3)))
+
+
+def test_binned_switches_to_uint64_before_counts_could_overflow_uint32():
+    rng = np.random.default_rng(7)
+    pixel, channel = _events(rng, 2000)
+    acc = Accumulator(SHAPE, CH, EnergySelection.from_range(0.0, 0.01, CH))
+    acc.add_events(pixel, channel)
+    small = acc.binned(2)
+    acc.events = 2**31  # as if the acquisition had this many counts
+    large = acc.binned(2)
+    assert small.dtype == np.uint32 and large.dtype == np.uint64
+    np.testing.assert_array_equal(small, large)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from edx_protocol import Start
@@ -18,8 +18,9 @@ class Snapshot:
     ----------
     start : Start
         The acquisition's start message (scan, energy axis, beam, detectors, elements).
-    cube : numpy.ndarray of uint32 (uint64 past 2**31 counts), shape (rows, columns, channels)
-        Spectrum image summed over ``bin_factor`` x ``bin_factor`` pixels.
+    cube : numpy.ndarray of uint32 (uint64 past 2**31 counts), shape (rows, columns, channels), or None
+        Spectrum image summed over ``bin_factor`` x ``bin_factor`` pixels; None in the
+        description a result keeps (:meth:`described`).
     bin_factor : int
     offset_kev, scale_kev : float
         Calibration of the cube's channels (after energy crop and rebin).
@@ -40,6 +41,10 @@ class Snapshot:
     counts: int
     refit: int
     final: bool
+
+    def described(self) -> "Snapshot":
+        """This snapshot without its cube: what results keep, so the cube's memory is freed after the refit."""
+        return replace(self, cube=None)
 
 
 def take_snapshot(acq: Acquisition, bin_factor: int, refit: int, final: bool) -> Snapshot:
