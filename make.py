@@ -3,7 +3,7 @@
 
     python3 make.py demo    # create .venv, install, run the live demo on the bundled dataset
     python3 make.py test    # create .venv, install, run the test suite
-    python3 make.py bench   # create .venv, install, run the benchmarks
+    python3 make.py bench   # create .venv, install, run the benchmarks (or: bench ingest latency)
 
 The virtual environment is (re)installed when pyproject.toml changes.
 """

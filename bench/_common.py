@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import platform
 import resource
@@ -29,6 +31,14 @@ def machine() -> str:
     return (f"{model}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
             f"numba {numba.__version__}")
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc), so resident memory reflects what is in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def rss_bytes() -> int:
@@ -69,12 +79,26 @@ class RssSampler:
 
 @contextmanager
 def peak_memory():
-    """Yield a dict; on exit it holds ``before`` and ``peak`` resident bytes and ``extra`` = peak - before."""
+    """Yield a dict; on exit it holds ``before`` and ``peak`` resident bytes and ``extra`` = peak - before.
+
+    Freed memory is handed back first: otherwise the heap left by earlier work hides new allocations.
+    """
+    gc.collect()
+    release_free_memory()
     out = {"before": rss_bytes()}
     with RssSampler() as sampler:
         yield out
     out["peak"] = sampler.peak
     out["extra"] = sampler.peak - out["before"]
+
+
+def wait_for(condition, timeout_s: float = 120.0, what: str = "the service") -> None:
+    """Poll ``condition`` every 5 ms until it holds; TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not get there within {timeout_s:g} s")
+        time.sleep(0.005)
 
 
 def best_of(fn, repeats: int = 3) -> float:

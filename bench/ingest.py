@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, machine  # noqa: E402
+from _common import best_of, machine, wait_for  # noqa: E402
 
 PAYLOADS = ("events", "velox", "dense")
 TARGET = 50e6
@@ -136,14 +136,6 @@ class _StopClock:
             self.mark = (time.perf_counter(), time.process_time(), time.thread_time())
 
 
-def _wait_for(condition, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the service did not get there in time")
-        time.sleep(0.005)
-
-
 def through_service(folder: str, payload: str, rows: int, sweeps: int,
                     sweep_events: int) -> tuple[float, float, float, int, float]:
     """Sweeps 2..N from a producer process through a real Service, the cube already in memory.
@@ -170,7 +162,7 @@ def through_service(folder: str, payload: str, rows: int, sweeps: int,
         worker.start()
         if producer.stdout.readline().strip() != "first sweep sent":
             raise RuntimeError("the producer process failed; run it alone to see why")
-        _wait_for(lambda: service.ingest.current is not None
+        wait_for(lambda: service.ingest.current is not None
                   and service.ingest.current.accumulator.events >= sweep_events)
         for thread in threading.enumerate():
             if thread.name == "edx-live-populate":

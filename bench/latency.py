@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RssSampler, gib, machine  # noqa: E402
+from _common import RssSampler, gib, machine, wait_for  # noqa: E402
 
 EVENTS_PER_MESSAGE = 10_000
 
@@ -144,7 +144,7 @@ def run_size(size: int, rate: float, seconds: float, counts: float) -> dict:
             with RssSampler(0.02) as memory:
                 baseline = memory.peak
                 worker.start()
-                _wait_for(lambda: any(r[1] == "status" for r in received))  # the subscription is live
+                wait_for(lambda: any(r[1] == "status" for r in received))  # the subscription is live
                 producer.stdin.write("go\n")
                 producer.stdin.flush()
                 if producer.stdout.readline().strip() != "done":
@@ -164,14 +164,6 @@ def run_size(size: int, rate: float, seconds: float, counts: float) -> dict:
             "received": received, "rss_peak": memory.peak, "rss_before": baseline, "cube_bytes": cube_bytes,
             "refits": service.refits, "interval_s": settings.refit.interval_s,
             "rejected": dict(service.ingest.rejected)}
-
-
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the service did not get there in time")
-        time.sleep(0.01)
 
 
 def latencies(run: dict, select) -> np.ndarray:

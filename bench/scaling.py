@@ -104,13 +104,14 @@ def power_law(pixels: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
 
 
 def summarise(rows: list[dict]) -> None:
-    print("\n| channels | curve | exponent b | time at 256x256 binned | predicted 512x512 binned (1024 scan) |")
-    print("|---|---|---|---|---|")
     for channels in sorted({r["channels"] for r in rows}):
         these = [r for r in rows if r["channels"] == channels]
         sizes = sorted({r["size"] for r in these})
         if len(sizes) < 2:
             continue
+        print(f"\n| channels | curve | exponent b | time at {sizes[-1]}x{sizes[-1]} binned | "
+              "predicted at 512x512 binned (1024x1024 scan) |")
+        print("|---|---|---|---|---|")
         pixels = np.array(sizes, float) ** 2
         curves = {}
         for workflow in WORKFLOWS:
