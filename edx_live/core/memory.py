@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import math
 import mmap
+import sys
 import threading
 
 import numpy as np
@@ -44,6 +45,8 @@ def _madvise():
 
 def populate(array: np.ndarray) -> bool:
     """Fault in every page of ``array`` without writing to it; False where the system cannot."""
+    if not sys.platform.startswith("linux"):  # the advice's number means something else elsewhere
+        return False
     madvise = _madvise()
     return madvise is not None and madvise(array.ctypes.data, array.nbytes, MADV_POPULATE_WRITE) == 0
 
