@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from edx_protocol import VELOX_NEXT_PIXEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_of, machine, wait_for  # noqa: E402
@@ -52,10 +53,10 @@ def payload_arrays(payload: str, pixel: np.ndarray, channel: np.ndarray, p0: int
     if payload == "events":
         return {"pixel": pixel, "channel": channel}, {}
     local = pixel.astype(np.int64) - p0
-    if payload == "velox":  # each pixel's channels, then 65535
+    if payload == "velox":  # each pixel's channels, then the marker
         stream = np.empty(pixel.size + (p1 - p0), np.uint16)
         ends = np.searchsorted(local, np.arange(p1 - p0), side="right") + np.arange(p1 - p0)
-        stream[ends] = 65535
+        stream[ends] = VELOX_NEXT_PIXEL
         mask = np.ones(stream.size, bool)
         mask[ends] = False
         stream[mask] = channel
@@ -90,6 +91,20 @@ def messages(payload: str, pixel: np.ndarray, channel: np.ndarray, n_rows: int, 
     return out, decoded
 
 
+def event_count(arrays: dict) -> int:
+    """X-ray events in one message's arrays, whatever the payload."""
+    if "pixel" in arrays:
+        return arrays["pixel"].size
+    if "stream" in arrays:
+        return int(np.count_nonzero(arrays["stream"] != VELOX_NEXT_PIXEL))
+    return int(arrays["counts"].sum())
+
+
+def first_sweep_end(n_frames: int, sweeps: int) -> int:
+    """Index of the first message after the start and the first sweep, in ``messages()``' list."""
+    return 1 + (n_frames - 2) // sweeps
+
+
 def sweep_events(n_rows: int, counts_per_pixel: float) -> tuple[np.ndarray, np.ndarray, int]:
     """One sweep of the synthetic acquisition: pixel (raster order), channel, channels."""
     from edx_adapters.synthetic import make_phantom
@@ -107,7 +122,7 @@ def produce(endpoint: str, folder: str, payload: str, rows: int, sweeps: int) ->
     data = np.load(Path(folder) / "sweep.npz")
     n_rows, channels = int(data["n_rows"]), int(data["channels"])
     frames, _ = messages(payload, data["pixel"], data["channel"], n_rows, channels, rows, sweeps)
-    first = 1 + (len(frames) - 2) // sweeps
+    first = first_sweep_end(len(frames), sweeps)
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
     socket.setsockopt(zmq.LINGER, -1)
@@ -214,7 +229,7 @@ def in_memory(frames: list, decoded: list, payload: str, n_rows: int, channels: 
                 np.add.at(cube, (arrays["pixel"], arrays["channel"]), 1)
             elif payload == "velox":
                 s = arrays["stream"]
-                marker = s == 65535
+                marker = s == VELOX_NEXT_PIXEL
                 np.add.at(cube, (p0 + np.cumsum(marker)[~marker], s[~marker]), 1)
             else:
                 c = arrays["counts"]
@@ -224,7 +239,7 @@ def in_memory(frames: list, decoded: list, payload: str, n_rows: int, channels: 
         for arrays, p0 in zip(decoded, starts):
             add(arrays, p0)
 
-    first = 1 + len(decoded) // sweeps
+    first = first_sweep_end(len(frames), sweeps)
 
     def receive() -> float:
         ingest = Ingest()
@@ -238,13 +253,10 @@ def in_memory(frames: list, decoded: list, payload: str, n_rows: int, channels: 
                 raise RuntimeError(f"{outcome.reason}: {outcome.detail}")
         return time.perf_counter() - t0
 
-    events = sum(a["pixel"].size for a in decoded) if payload == "events" else None
-    accumulate_s = best_of(accumulate)
-    events = events or acc.events // 3  # best_of ran it 3 times
+    events = sum(event_count(a) for a in decoded)
+    sampled = sum(event_count(a) for a in decoded[:sample])
     per_sweep = events / sweeps
-    sampled = (sum(a["pixel"].size for a in decoded[:sample]) if payload == "events"
-               else events * sample / len(decoded))
-    return {"np.add.at": best_of(numpy_add_at, 1) / sampled, "accumulate": accumulate_s / events,
+    return {"np.add.at": best_of(numpy_add_at, 1) / sampled, "accumulate": best_of(accumulate) / events,
             "receive": min(receive() for _ in range(2)) / (per_sweep * (sweeps - 1))}
 
 

@@ -126,10 +126,11 @@ class Accumulator:
         uint64 after that.
         """
         rows, columns = self.scan_shape
+        bins = (-(-rows // factor), -(-columns // factor))  # ceiling division
         dtype = np.uint32 if self.events < 2**31 else np.uint64
-        out = zeroed((-(-rows // factor) * -(-columns // factor), self.selection.channels), dtype)
+        out = zeroed((bins[0] * bins[1], self.selection.channels), dtype)
         kernels.bin_pixels(self._flat, columns, factor, out)
-        return out.reshape(-(-rows // factor), -(-columns // factor), -1)
+        return out.reshape(*bins, -1)
 
     def _account(self, events: int, kept: int) -> int:
         self.events += int(events)

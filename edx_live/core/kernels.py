@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from edx_protocol import VELOX_NEXT_PIXEL
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-NEXT_PIXEL = 65535
+NEXT_PIXEL = VELOX_NEXT_PIXEL  # a plain int: numba compiles it in as a constant
 
 #: Events looked ahead. On a 512 x 512 x 4096 cube 64 to 512 gave about 220 M events/s, 32 gave 160,
 #: 8 gave 77 and none 40: far enough ahead to cover the memory's latency, near enough to stay cached.

@@ -19,6 +19,7 @@ import math
 import mmap
 import sys
 import threading
+from functools import lru_cache
 
 import numpy as np
 
@@ -27,20 +28,15 @@ LARGE_BYTES = 8 * 2**20
 #: madvise(2) advice values of Linux.
 MADV_POPULATE_WRITE = 23
 
-_libc = None
-
-
+@lru_cache(maxsize=1)
 def _madvise():
     """libc's madvise through ctypes (which releases the GIL during the call), or None."""
-    global _libc
-    if _libc is None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            _libc = libc
-        except (OSError, AttributeError):
-            _libc = False
-    return _libc.madvise if _libc else None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc.madvise
+    except (OSError, AttributeError):
+        return None
 
 
 def populate(array: np.ndarray) -> bool:
