@@ -25,7 +25,7 @@ from edx_live.quantify.setup import acquisition_setup, with_peaks_of
 from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
-from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, Matching, match_clusters
+from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, match_clusters
 
 #: Channels fitted reach this far above the highest line of interest (about 3 FWHM at 10 keV).
 LINE_MARGIN_KEV = 0.5
@@ -42,7 +42,6 @@ class WorkflowOutput:
     result: SegmentationResult
     quantification: object | None
     quantify_seconds: float
-    matching: Matching | None = None
     convergence: ConvergenceState | None = None
 
 
@@ -70,6 +69,9 @@ class Analyzer:
         self._convergence: dict[str, ConvergenceTracker] = {}
         self._quantifier = ClusterQuantifier(quantify_options(settings.quantify))
         self._setups: dict = {}
+        q = settings.quantify
+        self._user_kfactors = q.user_kfactors()  # the table is read once, at start-up
+        self._user_source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
 
     def estimator(self, workflow: str, start: Start | None = None, energy_end_kev: float | None = None):
         """A fresh, unfitted estimator for ``workflow``.
@@ -108,7 +110,10 @@ class Analyzer:
 
         The first workflow's cluster map goes out before the second workflow
         starts, so the service publishes it without waiting for the whole refit.
+        The total spectrum and the quantification setup are worked out once per
+        snapshot, after the first map has gone out, and shared by the workflows.
         """
+        prepared = None
         for workflow in self.settings.refit.workflows:
             try:
                 end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
@@ -131,13 +136,14 @@ class Analyzer:
                      converged=state.converged, seconds=round(result.fit_seconds, 3))
             yield clusters_document(snapshot, result, matching, state)
             try:
-                quant, seconds = self._quantify(snapshot, result)
+                prepared = prepared or self._prepare_quantify(snapshot)
+                quant, seconds = self._quantify(snapshot, result, *prepared)
             except Exception:
                 self.errors += 1
                 qlog.exception("quantify_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                                refit=snapshot.refit)
                 quant, seconds = None, 0.0
-            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, quant, seconds, matching, state)
+            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, quant, seconds, state)
             if quant is not None:
                 yield composition_document(snapshot, result, quant, seconds)
 
@@ -156,14 +162,19 @@ class Analyzer:
             ari_threshold=t.ari_threshold, spectrum_threshold=t.spectrum_threshold, patience=t.patience))
         return matching, tracker.update(previous, matching.result)
 
-    def _quantify(self, snapshot: Snapshot, result: SegmentationResult):
-        start = snapshot.start
+    def _prepare_quantify(self, snapshot: Snapshot) -> tuple[np.ndarray, Setup | None, str | None]:
+        """(total spectrum, setup, None), or (total, None, why nothing can be quantified yet)."""
+        total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
         try:
-            total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
-            setup = self._setup(snapshot, total)
-        except ValueError as exc:  # SetupError, LineError, KFactorError: nothing to quantify yet
-            qlog.warning("not_quantified", acquisition_id=start.acquisition_id, workflow=result.workflow,
-                         reason=str(exc))
+            return total, self._setup(snapshot, total), None
+        except ValueError as exc:  # SetupError, LineError, KFactorError
+            return total, None, str(exc)
+
+    def _quantify(self, snapshot: Snapshot, result: SegmentationResult, total: np.ndarray, setup: Setup | None,
+                  reason: str | None):
+        if setup is None:
+            qlog.warning("not_quantified", acquisition_id=snapshot.start.acquisition_id, workflow=result.workflow,
+                         reason=reason)
             return None, 0.0
         t0 = time.perf_counter()
         quant = self._quantifier(snapshot.cube, result.labels, result.n_clusters, setup,
@@ -185,10 +196,9 @@ class Analyzer:
         q = self.settings.quantify
         setup = self._setups.get("setup") if self._setups.get("key") == key else None
         if setup is None or setup.elements_source.startswith("proposed"):
-            source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
             setup = acquisition_setup(start=snapshot.start, settings=q, offset_kev=snapshot.offset_kev,
                                       scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1], total=total,
-                                      user_kfactors=q.user_kfactors(), user_source=source)
+                                      user_kfactors=self._user_kfactors, user_source=self._user_source)
         if q.fit_only_elements == "auto":
             setup = with_peaks_of(setup, total)
         if self._setups.get("setup") != setup:
