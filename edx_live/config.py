@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edx_live.quantify.entropy import ANIONS
 from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
 
 
@@ -133,7 +134,7 @@ class QuantifySettings(_Section):
         None, gt=0, description="Absorption correction for a film this thick (nm); None = no correction.")
     sublattice: list[str] = Field(default_factory=list, description="Entropy species; empty = all but excluded.")
     sublattice_exclude: list[str] = Field(
-        default_factory=lambda: ["S", "O", "Se", "Te"], description="Left out of the entropy (anions).")
+        default_factory=lambda: list(ANIONS), description="Left out of the entropy (anions).")
 
     @field_validator("kfactors", mode="before")
     @classmethod

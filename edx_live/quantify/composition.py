@@ -28,7 +28,7 @@ import numpy as np
 from edx_protocol import ClusterComposition, ElementResult
 
 from .cliff_lorimer import Detector, Windows, describe_intensities, weight_fractions, window_intensities
-from .entropy import configurational_entropy, sublattice
+from .entropy import ANIONS, configurational_entropy, sublattice
 from .kfactors import USER_KFACTORS, require_kfactors
 from .lines import highest_line_kev
 from .model import LineModel, ModelKey
@@ -81,7 +81,7 @@ class QuantifyOptions:
     blocks: int = 2048
     weighting: Literal["membership", "hard"] = "membership"
     thickness_nm: float | None = None
-    sublattice_exclude: tuple[str, ...] = ("S", "O", "Se", "Te")
+    sublattice_exclude: tuple[str, ...] = ANIONS
     sublattice: tuple[str, ...] = ()
 
 

@@ -21,6 +21,7 @@ from scipy.optimize import nnls
 from scipy.signal import find_peaks
 
 from .background import snip_background, window_sum as _window_sum
+from .lines import _database
 
 #: Principal line of each family, in the order exspy prefers them when it picks one line per element.
 PRINCIPAL_LINES = ("Ka", "La", "Ma")
@@ -261,12 +262,6 @@ def _check_exclude(exclude: Iterable[str]) -> frozenset[str]:
         raise ValueError(f"exclude: {', '.join(map(repr, unknown))} not element symbols known to exspy "
                          "(symbols are case-sensitive, e.g. 'Cu')")
     return symbols
-
-
-def _database():
-    from exspy.material import elements  # lazy: pulls in HyperSpy
-
-    return elements
 
 
 @lru_cache(maxsize=None)
