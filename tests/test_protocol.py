@@ -171,7 +171,7 @@ def test_random_frames_round_trip(seed):
     velox = {"stream": rng.integers(0, 2**16, n, dtype=np.uint16)}
     for model, arrays, extra in ((EventsFrame, events, {}), (DenseFrame, dense, {"pixel_start": 3}),
                                  (VeloxFrame, velox, {"pixel_start": 7, "detector": None})):
-        header = _frame(model, arrays, seq=int(rng.integers(0, 2**63)), **extra)
+        header = _frame(model, arrays, seq=int(rng.integers(0, 2**31)), **extra)
         decoded = decode(encode(header, arrays))
         assert decoded.header == header
         _assert_same_arrays(decoded.arrays, arrays)
@@ -272,7 +272,63 @@ SCHEMA_VIOLATIONS = {
     "start without detectors": ("start", lambda d: d.update(detectors=[])),
     "start scan of 3 dims": ("start", lambda d: d.update(scan_shape=[4, 6, 2])),
     "start string seq": ("start", lambda d: d.update(seq="zero")),
+    # msgpack types the schema forbids, which a lax decoder would coerce
+    "boolean seq": ("stop", lambda d: d.update(seq=True)),
+    "numeric string seq": ("stop", lambda d: d.update(seq="5")),
+    "numeric string frame_index": ("frame_velox", lambda d: d.update(frame_index="0")),
+    "boolean pixel_start": ("frame_velox", lambda d: d.update(pixel_start=True)),
+    "boolean detector": ("frame_velox", lambda d: d.update(detector=True)),
+    "numeric string shape": ("frame_velox", lambda d: d["arrays"][0].update(shape=["10"])),
+    "numeric string scan_shape": ("start", lambda d: d.update(scan_shape=["4", 6])),
+    "fractional seq": ("stop", lambda d: d.update(seq=1.5)),
+    "bin acquisition_id": ("stop", lambda d: d.update(acquisition_id=b"golden-0001")),
+    "bin dtype": ("frame_velox", lambda d: d["arrays"][0].update(dtype=b"<u2")),
+    "string beam energy": ("start", lambda d: d.update(beam_energy_kev="200")),
+    # bounds: every integer has one, so no arithmetic on it can overflow
+    "seq 2**64-1": ("stop", lambda d: d.update(seq=2**64 - 1)),
+    "seq 2**31": ("stop", lambda d: d.update(seq=2**31)),
+    "frame_index 2**64-1": ("frame_events", lambda d: d.update(frame_index=2**64 - 1)),
+    "frame_index 2**62": ("frame_events", lambda d: d.update(frame_index=2**62)),
+    "pixel_start 2**64-1": ("frame_velox", lambda d: d.update(pixel_start=2**64 - 1)),
+    "dense pixel_start 2**32": ("frame_dense_u8", lambda d: d.update(pixel_start=2**32)),
+    "stop frames 2**62": ("stop", lambda d: d.update(frames=2**62)),
+    "scan side 65536": ("start", lambda d: d.update(scan_shape=[65536, 1])),
+    "expected_frames 2**40": ("start", lambda d: d.update(expected_frames=2**40)),
+    "shape 2**33": ("frame_velox", lambda d: d["arrays"][0].update(shape=[2**33])),
+    "offset 1e300": ("start", lambda d: d["energy_axis"].update(offset_kev=1e300)),
+    "huge title": ("start", lambda d: d.update(title="x" * 5000)),
 }
+
+
+#: Values JSON cannot carry, so only the decoder can refuse them.
+NON_FINITE = {
+    "nan offset": ("start", lambda d: d["energy_axis"].update(offset_kev=float("nan"))),
+    "inf scale": ("start", lambda d: d["energy_axis"].update(scale_kev=float("inf"))),
+    "nan beam energy": ("start", lambda d: d.update(beam_energy_kev=float("nan"))),
+    "nan elevation": ("start", lambda d: d["detectors"][0].update(elevation_deg=float("nan"))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_non_finite_numbers_are_refused(case):
+    name, change = NON_FINITE[case]
+    frames, _ = _golden(name)
+    doc = msgpack.unpackb(frames[0])
+    change(doc)
+    assert _reason([msgpack.packb(doc), *frames[1:]]) == "schema"
+
+
+@pytest.mark.parametrize("version", [True, 1.5, "1", b"\x01", None, 2])
+def test_only_the_integer_1_is_version_1(version):
+    doc = _golden_header("stop")
+    doc["protocol"] = version
+    assert _reason([msgpack.packb(doc, use_bin_type=True)]) == "version"
+
+
+def test_an_oversized_header_is_refused_before_it_is_parsed():
+    doc = _golden_header("stop")
+    doc["padding"] = "x" * 70_000
+    assert _reason([msgpack.packb(doc)]) == "too_large"
 
 
 @pytest.mark.parametrize("case", sorted(SCHEMA_VIOLATIONS))
@@ -281,7 +337,7 @@ def test_schema_violations_are_refused_by_decoder_and_schema(case):
     frames, _ = _golden(name)
     doc = msgpack.unpackb(frames[0])
     change(doc)
-    assert _reason([msgpack.packb(doc), *frames[1:]]) == "schema"
+    assert _reason([msgpack.packb(doc, use_bin_type=True), *frames[1:]]) == "schema"
     assert not jsonschema.Draft202012Validator(_schema("acquisition")).is_valid(doc)
 
 
@@ -335,8 +391,8 @@ def test_shape_inconsistent_with_the_buffer():
 
 
 def test_huge_shape_does_not_overflow_into_a_match():
-    doc = _golden_header("frame_velox")
-    doc["arrays"][0]["shape"] = [2**63]  # 2**64 bytes: wraps to 0 in int64 arithmetic
+    doc = _golden_header("frame_dense_u16")
+    doc["arrays"][0]["shape"] = [2**32 - 1, 2**32 - 1]  # 2**65 bytes: wraps in int64 arithmetic
     assert _reason([msgpack.packb(doc), b""]) == "buffer_size"
 
 

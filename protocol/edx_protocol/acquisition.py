@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .fields import (MAX_INDEX, MAX_PIXEL, MAX_SCAN_SIDE, Index, PixelIndex, Version1, wire_float,
+                     wire_int, wire_str)
 from .version import PROTOCOL_VERSION
 
 #: dtypes allowed on the wire, as numpy ``dtype.str`` (explicit byte order).
@@ -23,8 +25,7 @@ VELOX_NEXT_PIXEL = 65535
 #: Header fields that have a Python default but that every peer must put on the wire.
 WIRE_REQUIRED = ("protocol", "kind", "payload")
 
-AcquisitionId = Annotated[str, Field(
-    min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+AcquisitionId = Annotated[wire_str(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"), Field(
     description="Identifies one acquisition; every message of it carries the same id.")]
 
 
@@ -73,17 +74,17 @@ def arrays_json_schema(spec: dict[str, ArraySpec]) -> dict:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ArrayDescriptor(_Model):
     """Names one raw buffer that follows the header, in order."""
 
-    name: str = Field(description="Name of the array; which names a message allows depends on its kind.")
+    name: wire_str(max_length=64) = Field(description="Name of the array; which names a message allows depends on its kind.")
     dtype: Literal["|u1", "<u2", "<u4", "<u8", "<f4", "<f8"] = Field(
         description="Element type as a numpy dtype string: u = unsigned integer, f = IEEE float, "
                     "digit = bytes per element, < = little-endian, | = single byte.")
-    shape: list[Annotated[int, Field(ge=0)]] = Field(
+    shape: list[wire_int(ge=0, le=MAX_PIXEL)] = Field(max_length=8, 
         description="Dimensions in C order (last index varies fastest); the buffer holds "
                     "product(shape) * itemsize bytes.")
 
@@ -118,53 +119,53 @@ def check_arrays(arrays: list[ArrayDescriptor], spec: dict[str, ArraySpec]) -> d
 class EnergyAxis(_Model):
     """Calibration of the detector channels: E(channel i) = offset + i * scale, in keV."""
 
-    offset_kev: float = Field(description="Energy of channel 0, in keV (may be negative).")
-    scale_kev: float = Field(gt=0, description="Channel width, in keV.")
-    channels: int = Field(gt=0, le=65534, description="Number of channels; valid channel indices are "
+    offset_kev: wire_float(ge=-1000, le=1000) = Field(description="Energy of channel 0, in keV (may be negative).")
+    scale_kev: wire_float(gt=0, le=1000) = Field(description="Channel width, in keV.")
+    channels: wire_int(gt=0, le=65534) = Field( description="Number of channels; valid channel indices are "
                                                       "0 .. channels-1.")
 
 
 class Detector(_Model):
     """One X-ray detector (a Super-X system has four)."""
 
-    name: str | None = None
-    elevation_deg: float = Field(ge=-90, le=90, description="Take-off (elevation) angle, in degrees.")
-    azimuth_deg: float = Field(ge=-360, le=360, description="Azimuth angle, in degrees.")
-    energy_resolution_mnka_ev: float | None = Field(
-        default=None, gt=0, description="Energy resolution (FWHM) at Mn Ka, in eV.")
-    solid_angle_sr: float | None = Field(default=None, gt=0, description="Collection solid angle, in sr.")
+    name: wire_str(max_length=256) | None = None
+    elevation_deg: wire_float(ge=-90, le=90) = Field(description="Take-off (elevation) angle, in degrees.")
+    azimuth_deg: wire_float(ge=-360, le=360) = Field(description="Azimuth angle, in degrees.")
+    energy_resolution_mnka_ev: wire_float(gt=0) | None = Field(
+        default=None, description="Energy resolution (FWHM) at Mn Ka, in eV.")
+    solid_angle_sr: wire_float(gt=0) | None = Field(default=None, description="Collection solid angle, in sr.")
 
 
 class _Header(_Model):
     model_config = ConfigDict(json_schema_extra=_wire_json_schema)
 
-    protocol: Literal[1] = Field(default=PROTOCOL_VERSION, description="Wire protocol version.")
+    protocol: Version1 = Field(default=PROTOCOL_VERSION, description="Wire protocol version.")
     acquisition_id: AcquisitionId
-    seq: int = Field(ge=0, description="Message counter within the acquisition; start is 0.")
+    seq: Index = Field(description="Message counter within the acquisition; start is 0.")
 
 
 class Start(_Header):
     """Opens an acquisition: everything needed to interpret the frames that follow."""
 
     kind: Literal["start"] = "start"
-    scan_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = Field(
+    scan_shape: tuple[wire_int(gt=0, le=MAX_SCAN_SIDE), wire_int(gt=0, le=MAX_SCAN_SIDE)] = Field(
         description="(rows, columns) of the scan; pixel index = row * columns + column."
     )
     energy_axis: EnergyAxis
-    beam_energy_kev: float = Field(gt=0, le=2000, description="Primary beam energy, in keV.")
+    beam_energy_kev: wire_float(gt=0, le=2000) = Field(description="Primary beam energy, in keV.")
     detectors: list[Detector] = Field(
         min_length=1, max_length=255,
         description="The detectors; a frame's detector index is a position in this list.")
-    pixel_size: float | None = Field(default=None, gt=0, description="Scan step, in pixel_unit.")
-    pixel_unit: str = Field(default="nm", description="Unit of pixel_size, e.g. nm.")
-    dwell_time_s: float | None = Field(default=None, gt=0,
+    pixel_size: wire_float(gt=0) | None = Field(default=None, description="Scan step, in pixel_unit.")
+    pixel_unit: wire_str(max_length=32) = Field(default="nm", description="Unit of pixel_size, e.g. nm.")
+    dwell_time_s: wire_float(gt=0) | None = Field(default=None,
                                        description="Beam dwell time per pixel and sweep, in s.")
-    expected_frames: int | None = Field(default=None, gt=0, description="Sweeps planned, if known.")
-    elements: list[str] = Field(default_factory=list, description="Element symbols to quantify, e.g. Fe.")
-    xray_lines: list[str] = Field(default_factory=list,
+    expected_frames: wire_int(gt=0, le=MAX_INDEX) | None = Field(default=None, description="Sweeps planned, if known.")
+    elements: list[wire_str(max_length=2)] = Field(default_factory=list, max_length=118, description="Element symbols to quantify, e.g. Fe.")
+    xray_lines: list[wire_str(max_length=16)] = Field(default_factory=list, max_length=256,
                                   description="X-ray lines to quantify, HyperSpy style, e.g. Fe_Ka.")
-    instrument: str | None = None
-    title: str | None = None
+    instrument: wire_str(max_length=1024) | None = None
+    title: wire_str(max_length=1024) | None = None
     arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
                                           description="Always empty: a start carries no buffer.")
 
@@ -177,7 +178,7 @@ class _FrameHeader(_Header):
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {}
 
     kind: Literal["frame"] = "frame"
-    frame_index: int = Field(ge=0, description="Which sweep of the scan these counts belong to.")
+    frame_index: Index = Field(description="Which sweep of the scan these counts belong to.")
     arrays: list[ArrayDescriptor] = Field(description="The buffers that follow the header, in order.")
 
     @model_validator(mode="after")
@@ -212,8 +213,8 @@ class VeloxFrame(_FrameHeader):
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {"stream": ArraySpec(("<u2",), 1)}
 
     payload: Literal["velox"] = "velox"
-    pixel_start: int = Field(ge=0, description="Pixel the first value of the stream belongs to.")
-    detector: int | None = Field(default=None, ge=0, le=254,
+    pixel_start: PixelIndex = Field(description="Pixel the first value of the stream belongs to.")
+    detector: wire_int(ge=0, le=254) | None = Field(default=None,
                                  description="Index into start.detectors; null for a summed stream.")
 
 
@@ -223,14 +224,14 @@ class DenseFrame(_FrameHeader):
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {"counts": ArraySpec(UNSIGNED_DTYPES, 2)}
 
     payload: Literal["dense"] = "dense"
-    pixel_start: int = Field(ge=0, description="Pixel of the first row of counts.")
+    pixel_start: PixelIndex = Field(description="Pixel of the first row of counts.")
 
 
 class Stop(_Header):
     """Closes an acquisition. ``frames`` is the number of sweeps the producer completed."""
 
     kind: Literal["stop"] = "stop"
-    frames: int = Field(ge=0, description="Sweeps the producer completed.")
+    frames: Index = Field(description="Sweeps the producer completed.")
     reason: Literal["complete", "aborted"] = "complete"
     arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
                                           description="Always empty: a stop carries no buffer.")

@@ -75,15 +75,22 @@ def _buffer(frame) -> memoryview:
     return memoryview(buf).cast("B")
 
 
+#: Largest header frame accepted, in bytes: a start with every optional field is about 2 KiB.
+MAX_HEADER_BYTES = 65536
+
+
 def _unpack_header(frame) -> dict:
+    buf = _buffer(frame)
+    if buf.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header of {buf.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        doc = msgpack.unpackb(_buffer(frame), raw=False, strict_map_key=True)
+        doc = msgpack.unpackb(buf, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError("not_msgpack", f"header is not msgpack ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise ProtocolError("not_msgpack", f"header must be a map, got {type(doc).__name__}")
     version = doc.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or version != PROTOCOL_VERSION:  # True == 1 in Python, not on the wire
         raise ProtocolError("version", f"protocol {version!r} is not supported (this is {PROTOCOL_VERSION})")
     return doc
 

@@ -55,8 +55,11 @@ class Status(_Document):
 
     kind: Literal["status"] = "status"
     state: Literal["idle", "acquiring", "stopped"]
-    messages: int = Field(ge=0, description="Messages accepted for this acquisition.")
-    rejected: dict[str, int] = Field(default_factory=dict, description="Dropped messages by reason.")
+    messages: int = Field(ge=0, description="Messages accepted for this acquisition (its start included).")
+    rejected: dict[str, int] = Field(default_factory=dict, description=(
+        "Messages dropped by reason since the service started, whatever acquisition they named."))
+    acquisition_rejected: dict[str, int] = Field(default_factory=dict, description=(
+        "Messages dropped by reason that named this acquisition (a subset of rejected)."))
     gaps: Gaps = Field(default_factory=Gaps)
     refits: int = Field(ge=0, description="Refits the service has completed.")
     last_refit_s: float | None = Field(default=None, description="Wall time of the last refit, in s.")
@@ -106,7 +109,8 @@ class Clusters(_Document):
     converged: bool = Field(default=False, description="The answer met `convergence_criterion`.")
     convergence_criterion: str = Field(default="", description="The stated, configurable criterion.")
     choices: dict[str, float | int | str | list[float]] = Field(
-        default_factory=dict, description="What the workflow chose from the data and why.")
+        default_factory=dict, description="What the workflow chose from the data and why; no value is NaN "
+                                          "or infinite (such a value is left out).")
 
     @model_validator(mode="after")
     def _arrays_follow_spec(self) -> "Clusters":
@@ -120,10 +124,12 @@ class Clusters(_Document):
 
 
 class ElementResult(_Model):
-    atomic_percent: float = Field(description="Composition, in atomic percent.")
+    atomic_percent: float | None = Field(
+        description="Composition, in atomic percent; None when the cluster's line intensities do not determine it.")
     atomic_percent_sigma: float | None = Field(
         description="1-sigma uncertainty (counting and spread inside the cluster combined), None when unknown.")
-    intensity: float = Field(description="Measured X-ray line intensity (fitted line area or window), in counts.")
+    intensity: float | None = Field(
+        description="Measured X-ray line intensity (fitted line area or window), in counts; None when not measured.")
     atomic_percent_sigma_counting: float | None = Field(
         default=None, description="Part of the 1-sigma from counting statistics alone.")
     atomic_percent_sigma_spread: float | None = Field(
