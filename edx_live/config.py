@@ -32,7 +32,14 @@ class InputSettings(_Section):
     address: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ endpoint; port * = any free port.")
     socket: Literal["pull", "sub"] = Field("pull", description="PULL (no loss, producer PUSHes) or SUB.")
     bind: bool | None = Field(None, description="Bind instead of connect; default: PULL binds, SUB connects.")
-    high_water_mark: int = Field(10_000, ge=0, description="Messages queued before the socket blocks/drops.")
+    high_water_mark: int = Field(100, ge=1, description=(
+        "Messages queued before the socket pushes back (PULL) or drops (SUB); "
+        "with max_message_bytes it bounds the queue's memory."))
+    max_message_bytes: int = Field(64 * 2**20, ge=2**16, description=(
+        "Largest message accepted, in bytes: ZeroMQ drops a larger frame unread and closes its "
+        "connection (ZMQ_MAXMSGSIZE); a larger multipart message is refused (too_large)."))
+    max_seq_gap: int = Field(2**20, ge=1, description=(
+        "A message further ahead of the next expected seq is refused (seq_out_of_window)."))
 
     @property
     def binds(self) -> bool:
@@ -54,10 +61,12 @@ class AccumulateSettings(_Section):
     energy_rebin: int = Field(1, ge=1, le=64, description="Detector channels summed per channel.")
     spatial_bin: int = Field(2, ge=1, le=16, description="Pixels per side summed before segmentation.")
 
-    def to_core(self):
-        from edx_live.core.ingest import AccumulateSettings as Core
-
-        return Core(self.energy_min_kev, self.energy_max_kev, self.energy_rebin)
+    max_cube_bytes: int = Field(4 * 2**30, ge=2**20, description=(
+        "Largest spectrum image (pixels x kept channels x 4 bytes) an acquisition may open; "
+        "a larger start is refused (acquisition_too_large)."))
+    max_open_acquisitions: int = Field(2, ge=1, le=64, description=(
+        "Acquisitions held at once (acquiring, or awaiting their final refit); "
+        "a start beyond that is refused (too_many_acquisitions)."))
 
 
 class RefitSettings(_Section):
@@ -188,6 +197,17 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def ingest_options(settings: Settings):
+    """The core's ingest options from the ``[accumulate]`` and ``[input]`` sections."""
+    from edx_live.core.ingest import IngestOptions
+
+    a, i = settings.accumulate, settings.input
+    return IngestOptions(energy_min_kev=a.energy_min_kev, energy_max_kev=a.energy_max_kev,
+                         energy_rebin=a.energy_rebin, max_cube_bytes=a.max_cube_bytes,
+                         max_open_acquisitions=a.max_open_acquisitions, max_seq_gap=i.max_seq_gap,
+                         max_message_bytes=i.max_message_bytes)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -10,10 +10,10 @@ from edx_live.core.ingest import Ingest
 SHAPE, CH = (4, 6), 32
 
 
-def start(aid="acq-1", seq=0):
+def start(aid="acq-1", seq=0, detectors=1):
     return Start(acquisition_id=aid, seq=seq, scan_shape=SHAPE, beam_energy_kev=200.0,
                  energy_axis=EnergyAxis(offset_kev=0.0, scale_kev=0.01, channels=CH),
-                 detectors=[Detector(elevation_deg=18.0, azimuth_deg=45.0)])
+                 detectors=[Detector(elevation_deg=18.0, azimuth_deg=45.0)] * detectors)
 
 
 def events(seq, pixel, channel, aid="acq-1", frame_index=0):
@@ -89,7 +89,7 @@ def test_gaps_are_counted_and_reported_by_range(ingest):
 def test_stop_then_new_acquisition_starts_fresh(ingest):
     first = ingest.current
     assert ingest.receive(stop(2, frames=3)).kind == "stop"
-    assert first.state == "stopped" and first.frames == 3
+    assert first.state == "stopped" and (first.frames, first.stop_frames) == (1, 3)  # what arrived, what was claimed
     assert ingest.receive(events(3, [0], [0])).reason == "unknown_acquisition"
     assert ingest.receive(encode(start("acq-2"))).kind == "start"
     second = ingest.current
@@ -109,9 +109,9 @@ def test_start_of_a_new_acquisition_replaces_an_unfinished_one(ingest):
 
 
 def test_energy_selection_that_keeps_nothing_rejects_the_start():
-    from edx_live.core.ingest import AccumulateSettings
+    from edx_live.core.ingest import IngestOptions
 
-    ing = Ingest(AccumulateSettings(energy_min_kev=50.0))
+    ing = Ingest(IngestOptions(energy_min_kev=50.0))
     out = ing.receive(encode(start()))
     assert out.reason == "energy_range" and ing.current is None
 
@@ -129,12 +129,14 @@ def test_status_of_an_idle_service_is_a_valid_document():
     assert decode_result(encode(status)).header == status
 
 
-def test_counts_per_detector_of_events_frames(ingest):
+def test_counts_per_detector_of_events_frames():
+    ingest = Ingest()
+    ingest.receive(encode(start(detectors=4)))
     rng = np.random.default_rng(7)
     detector = rng.integers(0, 4, 500).astype(np.uint8)
     arrays = {"pixel": rng.integers(0, 24, 500).astype(np.uint32),
               "channel": rng.integers(0, CH, 500).astype(np.uint16), "detector": detector}
-    frame = EventsFrame(acquisition_id="acq-1", seq=2, frame_index=0, arrays=describe(arrays))
+    frame = EventsFrame(acquisition_id="acq-1", seq=1, frame_index=0, arrays=describe(arrays))
     assert ingest.receive(encode(frame, arrays)).kind == "frame"
     expected = {d: int((detector == d).sum()) for d in range(4)}
     assert dict(ingest.current.detector_counts) == expected

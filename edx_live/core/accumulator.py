@@ -83,6 +83,14 @@ class Accumulator:
         self._flat = zeroed((self.n_pixels, selection.channels), dtype, populate_in_background=True)
         self.counts = 0  # counts inside the kept energy range
         self.events = 0  # counts received, kept or not
+        self._limit = int(np.iinfo(self._flat.dtype).max)
+        self._headroom = self._limit  # no cell can be above limit - headroom
+        self._saturated = False  # some cell is within one message of the limit: check touched cells
+
+    @staticmethod
+    def nbytes_for(scan_shape: tuple[int, int], selection: EnergySelection, dtype=np.uint32) -> int:
+        """Bytes the cube of an acquisition would take, before it is allocated."""
+        return int(scan_shape[0]) * int(scan_shape[1]) * selection.channels * np.dtype(dtype).itemsize
 
     @property
     def cube(self) -> np.ndarray:
@@ -94,15 +102,21 @@ class Accumulator:
         if pixel.size:
             self._check_pixels(int(pixel.max()), "event")
             self._check_channel(int(channel.max()))
+            self._reserve(pixel.size, lambda: self._cells_max(pixel, channel))
         return self._account(pixel.size, kernels.add_events(
             self._flat, pixel, channel, self.selection.lo, self.selection.rebin))
 
     def add_velox(self, stream: np.ndarray, pixel_start: int) -> int:
         """Add a Velox SpectrumStream chunk whose first value belongs to ``pixel_start``."""
-        max_channel, last, events = kernels.velox_extent(stream)
+        max_channel, last, events, markers = kernels.velox_extent(stream)
+        # A closing marker after the last pixel is allowed; reaching further is not, even without X-rays.
+        if pixel_start + markers > self.n_pixels:
+            raise FrameRejected("pixel_out_of_range", f"stream from pixel {pixel_start} closes {markers} pixels, "
+                                                      f"the scan {self.scan_shape} has {self.n_pixels}")
         if events:
             self._check_pixels(pixel_start + last, "stream")
             self._check_channel(max_channel)
+            self._reserve(events, lambda: self._cells_max(*_velox_events(stream, pixel_start)))
         return self._account(events, kernels.add_velox(
             self._flat, stream, pixel_start, self.selection.lo, self.selection.rebin))
 
@@ -111,8 +125,12 @@ class Accumulator:
         if counts.shape[1] != self.detector_channels:
             raise FrameRejected("shape_mismatch", f"dense block has {counts.shape[1]} channels, "
                                                   f"the acquisition {self.detector_channels}")
-        if counts.shape[0]:
-            self._check_pixels(pixel_start + counts.shape[0] - 1, "dense block")
+        if pixel_start + counts.shape[0] > self.n_pixels:  # an empty block must start inside the scan too
+            raise FrameRejected("pixel_out_of_range", f"dense block of {counts.shape[0]} pixels from pixel "
+                                                      f"{pixel_start} runs past the scan's {self.n_pixels}")
+        if counts.size:
+            rows = slice(pixel_start, pixel_start + counts.shape[0])
+            self._reserve(int(counts.max()) * self.selection.rebin, lambda: self._flat[rows].max(initial=0))
         return self._account(*kernels.add_dense(self._flat, counts, pixel_start, self.selection.lo,
                                                 self.selection.rebin))
 
@@ -132,6 +150,36 @@ class Accumulator:
         kernels.bin_pixels(self._flat, columns, factor, out)
         return out.reshape(*bins, -1)
 
+    def _reserve(self, increment: int, touched) -> None:
+        """Refuse a message that could push a cell past the cube's dtype.
+
+        ``increment`` bounds the message's largest addition to one cell; ``touched()``
+        returns the largest count now in the cells it adds to. The headroom is a
+        lower bound on what every cell can still take: it shrinks by each message's
+        bound and is measured exactly (one pass over the cube) only when it runs
+        out, after 4e9 counts with uint32. Once some cell is nearly full, each
+        message is checked against the cells it touches instead, so that one full
+        cell does not refuse the rest of the acquisition.
+        """
+        if not self._saturated:
+            if increment > self._headroom:
+                self._headroom = self._limit - int(self._flat.max())
+            if increment <= self._headroom:
+                self._headroom -= increment
+                return
+            self._saturated = True
+        fullest = int(touched())
+        if fullest + increment > self._limit:
+            raise FrameRejected("count_overflow", f"a message adding up to {increment} counts to a cell holding "
+                                                  f"{fullest} would exceed {self._limit}, the most a cell of the "
+                                                  f"cube's {self._flat.dtype} holds")
+
+    def _cells_max(self, pixel: np.ndarray, channel: np.ndarray) -> int:
+        """Largest count in the cells that events at (pixel, detector channel) add to."""
+        c = (channel.astype(np.int64) - self.selection.lo) // self.selection.rebin
+        kept = (channel >= self.selection.lo) & (c < self.selection.channels)
+        return int(self._flat[pixel[kept], c[kept]].max(initial=0))
+
     def _account(self, events: int, kept: int) -> int:
         self.events += int(events)
         self.counts += int(kept)
@@ -146,3 +194,10 @@ class Accumulator:
         if highest >= self.detector_channels:
             raise FrameRejected("channel_out_of_range", f"channel {highest} >= the acquisition's "
                                                         f"{self.detector_channels} channels")
+
+
+def _velox_events(stream: np.ndarray, pixel_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel, channel) of every X-ray of a SpectrumStream chunk (for the rare overflow check)."""
+    marker = stream == kernels.NEXT_PIXEL
+    pixel = pixel_start + np.cumsum(marker) - marker
+    return pixel[~marker], stream[~marker]

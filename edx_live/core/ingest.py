@@ -20,6 +20,11 @@ from .accumulator import Accumulator, EnergySelection, FrameRejected
 #: Missing seq ranges kept per acquisition (the count is always exact).
 MAX_GAP_RANGES = 100
 
+#: Reason codes of the messages Ingest refuses (decode's own are in edx_protocol.codec).
+REASONS = ("too_large", "unknown_acquisition", "duplicate_seq", "seq_out_of_window", "pixel_out_of_range",
+           "channel_out_of_range", "detector_out_of_range", "shape_mismatch", "energy_range", "count_overflow",
+           "acquisition_too_large", "too_many_acquisitions", "out_of_memory", "unsupported_payload")
+
 
 @dataclass
 class Acquisition:
@@ -30,7 +35,8 @@ class Acquisition:
     state: str = "acquiring"  # then "stopped"
     next_seq: int = 1
     messages: int = 1
-    frames: int = 0  # sweeps with data so far (highest frame_index + 1), or the stop's count
+    frames: int = 0  # sweeps with data so far: highest frame_index + 1
+    stop_frames: int | None = None  # the sweeps the stop says were completed
     stop_reason: str | None = None
     missing: int = 0
     gap_ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -40,6 +46,10 @@ class Acquisition:
     @property
     def acquisition_id(self) -> str:
         return self.start.acquisition_id
+
+    @property
+    def n_detectors(self) -> int:
+        return len(self.start.detectors)
 
     def note_seq(self, seq: int) -> None:
         """Record a gap if ``seq`` skips ahead; duplicates are refused before this."""
@@ -70,12 +80,30 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class AccumulateSettings:
-    """Energy crop and rebin applied while accumulating (None = keep everything)."""
+class IngestOptions:
+    """Energy crop and rebin applied while accumulating (None = keep everything), and the limits of input.
+
+    Attributes
+    ----------
+    max_message_bytes : int
+        Largest message (all frames) accepted; larger ones are refused as ``too_large``.
+    max_cube_bytes : int
+        Largest spectrum image (scan pixels x kept channels x 4 bytes) a start may open.
+    max_open_acquisitions : int
+        Acquisitions held at once: the one acquiring and those closed but not yet
+        finally refitted. A start beyond that is refused.
+    max_seq_gap : int
+        A message further than this ahead of the next expected ``seq`` is refused
+        (one forged ``seq`` must not make every real message a duplicate).
+    """
 
     energy_min_kev: float | None = None
     energy_max_kev: float | None = None
     energy_rebin: int = 1
+    max_cube_bytes: int = 4 * 2**30
+    max_open_acquisitions: int = 2
+    max_seq_gap: int = 2**20
+    max_message_bytes: int = 64 * 2**20
 
 
 class Ingest:
@@ -83,17 +111,33 @@ class Ingest:
 
     Parameters
     ----------
-    settings : AccumulateSettings
+    options : IngestOptions
     """
 
-    def __init__(self, settings: AccumulateSettings | None = None):
-        self.settings = settings or AccumulateSettings()
+    def __init__(self, options: IngestOptions | None = None):
+        self.options = options or IngestOptions()
         self.current: Acquisition | None = None
-        self.rejected: Counter = Counter()  # by reason, over all acquisitions
+        self.pending: list[Acquisition] = []  # closed (stopped or replaced), awaiting their final refit
+        self.rejected: Counter = Counter()  # by reason, since start-up
         self.accepted = 0
+
+    @property
+    def open_acquisitions(self) -> int:
+        """Acquisitions whose spectrum image is held: the one acquiring and those awaiting a final refit."""
+        acquiring = self.current is not None and self.current.state == "acquiring"
+        return len(self.pending) + acquiring
+
+    def release(self, acq: Acquisition) -> None:
+        """``acq`` had its final refit: it no longer counts against ``max_open_acquisitions``."""
+        if acq in self.pending:
+            self.pending.remove(acq)
 
     def receive(self, frames: Sequence) -> Outcome:
         """Decode and apply one multipart message."""
+        size = sum(memoryview(getattr(f, "buffer", f)).nbytes for f in frames)
+        if size > self.options.max_message_bytes:
+            return self._reject("too_large", f"message of {size} bytes exceeds input.max_message_bytes "
+                                             f"({self.options.max_message_bytes})", None, None)
         try:
             header, arrays = decode(frames)
         except ProtocolError as exc:
@@ -112,6 +156,9 @@ class Ingest:
         if header.seq < acq.next_seq:
             return self._reject("duplicate_seq", f"seq {header.seq} already seen (next is {acq.next_seq})",
                                 header, acq)
+        if header.seq - acq.next_seq > self.options.max_seq_gap:
+            return self._reject("seq_out_of_window", f"seq {header.seq} is more than {self.options.max_seq_gap} "
+                                f"ahead of the next expected {acq.next_seq}", header, acq)
         try:
             counts = self._stop(acq, header) if isinstance(header, Stop) else self._frame(acq, header, arrays)
         except FrameRejected as exc:
@@ -129,26 +176,52 @@ class Ingest:
         try:
             selection = EnergySelection.from_range(
                 start.energy_axis.offset_kev, start.energy_axis.scale_kev, start.energy_axis.channels,
-                self.settings.energy_min_kev, self.settings.energy_max_kev, self.settings.energy_rebin)
+                self.options.energy_min_kev, self.options.energy_max_kev, self.options.energy_rebin)
         except ValueError as exc:
             return self._reject("energy_range", str(exc), start, None)
+        refused = self._refuse_start(start, selection)
+        if refused is not None:
+            return refused
         replaced = acq if acq is not None and acq.state == "acquiring" else None
         if replaced is not None:  # its producer never sent a stop: close it, keep its counts
             replaced.state, replaced.stop_reason = "stopped", "replaced"
-        self.current = Acquisition(start, Accumulator(start.scan_shape, start.energy_axis.channels, selection))
-        if start.seq > 0:
-            self.current.note_seq(start.seq)
+            self.pending.append(replaced)
+        self.current = None  # a finished acquisition's cube is freed before the next one is allocated
+        try:
+            accumulator = Accumulator(start.scan_shape, start.energy_axis.channels, selection)
+        except (MemoryError, OSError) as exc:
+            return self._reject("out_of_memory", f"cannot allocate the spectrum image: {exc}", start, None)
+        self.current = Acquisition(start, accumulator, next_seq=start.seq + 1)
         self.accepted += 1
         return Outcome("start", start.acquisition_id, start.seq, replaced=replaced)
+
+    def _refuse_start(self, start: Start, selection: EnergySelection) -> Outcome | None:
+        """A rejection when the start would exceed the memory limits, else None; costs no memory."""
+        nbytes = Accumulator.nbytes_for(start.scan_shape, selection)
+        limit = self.options.max_cube_bytes
+        if nbytes > limit:
+            return self._reject("acquisition_too_large", f"scan {list(start.scan_shape)} x {selection.channels} "
+                                f"channels needs {nbytes / 2**30:.2f} GiB, more than accumulate.max_cube_bytes "
+                                f"({limit / 2**30:.2f} GiB); raise it, or crop/rebin the energy axis", start, None)
+        acquiring = self.current is not None and self.current.state == "acquiring"
+        if len(self.pending) + acquiring + 1 > self.options.max_open_acquisitions:
+            return self._reject("too_many_acquisitions", f"{len(self.pending)} acquisitions still await their "
+                                f"final refit (accumulate.max_open_acquisitions = "
+                                f"{self.options.max_open_acquisitions})", start, None)
+        return None
 
     def _frame(self, acq: Acquisition, header, arrays: dict[str, np.ndarray]) -> int:
         acc = acq.accumulator
         if isinstance(header, EventsFrame):
-            counts = acc.add_events(arrays["pixel"], arrays["channel"])
+            per_detector = None
             if "detector" in arrays:
                 per_detector = np.bincount(arrays["detector"], minlength=1)  # linear; np.unique sorts
+                _check_detector(acq, per_detector.size - 1 if arrays["detector"].size else -1)
+            counts = acc.add_events(arrays["pixel"], arrays["channel"])
+            if per_detector is not None:
                 acq.detector_counts.update({int(d): int(c) for d, c in enumerate(per_detector) if c})
         elif isinstance(header, VeloxFrame):
+            _check_detector(acq, header.detector if header.detector is not None else -1)
             counts = acc.add_velox(arrays["stream"], header.pixel_start)
             acq.detector_counts[header.detector or 0] += counts
         elif isinstance(header, DenseFrame):
@@ -158,11 +231,10 @@ class Ingest:
         acq.frames = max(acq.frames, header.frame_index + 1)
         return counts
 
-    @staticmethod
-    def _stop(acq: Acquisition, stop: Stop) -> int:
-        acq.state = "stopped"
-        acq.stop_reason = stop.reason
-        acq.frames = max(acq.frames, stop.frames)
+    def _stop(self, acq: Acquisition, stop: Stop) -> int:
+        # frames stays what arrived: a stop claiming more sweeps than came is kept apart, not believed.
+        acq.state, acq.stop_reason, acq.stop_frames = "stopped", stop.reason, stop.frames
+        self.pending.append(acq)
         return 0
 
     def _reject(self, reason: str, detail: str, header, acq: Acquisition | None) -> Outcome:
@@ -171,3 +243,9 @@ class Ingest:
             acq.rejected[reason] += 1
         return Outcome("rejected", getattr(header, "acquisition_id", None), getattr(header, "seq", None),
                        reason=reason, detail=detail)
+
+
+def _check_detector(acq: Acquisition, highest: int) -> None:
+    if highest >= acq.n_detectors:
+        raise FrameRejected("detector_out_of_range", f"detector {highest} >= the {acq.n_detectors} detectors "
+                                                     f"of the start")

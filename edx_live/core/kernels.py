@@ -80,10 +80,10 @@ def add_events(cube, pixel, channel, lo, rebin):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def velox_extent(stream):  # pragma: no cover - compiled
-    """Return (largest channel, pixel offset of the last event, events) of a SpectrumStream chunk.
+    """Return (largest channel, pixel offset of the last event, events, markers) of a SpectrumStream chunk.
 
-    The offset is -1 when the chunk holds no event. Used to validate a chunk
-    before any of it is accumulated.
+    The offset is -1 when the chunk holds no event; ``markers`` is the number of
+    pixels the chunk closes. Used to validate a chunk before any of it is accumulated.
     """
     max_channel = -1
     offset = 0
@@ -97,7 +97,7 @@ def velox_extent(stream):  # pragma: no cover - compiled
             last = offset
             if v > max_channel:
                 max_channel = v
-    return max_channel, last, events
+    return max_channel, last, events, offset
 
 
 @numba.njit(nogil=True, cache=True)
