@@ -106,7 +106,8 @@ def _serve(settings, args) -> int:
 
     log = get_logger("service")
     inp = settings.input
-    connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark)
+    connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark,
+                               max_message_bytes=inp.max_message_bytes)
     try:
         connection.open()
         publisher = ZmqPublisher(settings.output.address)

@@ -3,7 +3,17 @@
 Ingest never waits for a refit. A refit reads the accumulated cube while
 frames keep arriving (the kernels release the GIL), so an in-progress refit
 holds at least the counts it reports; the final refit after a stop is exact.
-Exceptions from the refit thread are re-raised on the ingest thread.
+
+Nothing a message or a refit does stops the loop: an unexpected error while
+ingesting one message is counted (``internal_error``) and logged with its
+traceback; a refit that fails is logged, counted in ``refit_errors``, and the
+next one runs as planned. Only errors that are not ``Exception`` (a
+``KeyboardInterrupt`` in a refit, say) are re-raised on the ingest thread.
+
+Warm-up (JIT compilation) runs on a thread of its own, so a refit, a stop's
+final refit included, never waits for it. On :meth:`Service.stop` the loop
+gives a running refit ``shutdown_grace_s`` to finish, then abandons it (its
+thread is a daemon) and logs which acquisitions lost their final refit.
 """
 
 from __future__ import annotations
@@ -12,21 +22,38 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from edx_protocol import Gaps, Status
 
+from edx_live.config import ingest_options
 from edx_live.core.ingest import Acquisition, Ingest, Outcome
 from edx_live.core.snapshot import Snapshot, take_snapshot
-from edx_live.logs import get_logger, truncate
+from edx_live.logs import ReasonLog, get_logger
 
 from .transport import Connection
 
 log = get_logger("ingest")
 refit_log = get_logger("service")
+publish_log = get_logger("publish")
 
 Subscriber = Callable[..., None]
 Analyze = Callable[[Snapshot], Iterable]
+
+
+class _Job(threading.Thread):
+    """One refit (or the warm-up) on a daemon thread, keeping its outcome for the ingest thread."""
+
+    def __init__(self, target: Callable[[], object], name: str):
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self.value: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn()
+        except BaseException as exc:  # handed to the ingest thread by Service._collect
+            self.error = exc
 
 
 class Service:
@@ -43,25 +70,29 @@ class Service:
         The refit: segmentation and quantification of one snapshot; documents are
         published as the iterable yields them.
     warm_up : callable, optional
-        Run first on the refit thread (JIT compilation), so start-up does not wait for it;
-        the first refit waits instead.
+        Run on a thread of its own at start-up (JIT compilation), beside ingest and refits.
+    shutdown_grace_s : float
+        How long :meth:`run` waits for a running refit once asked to stop.
     """
 
     def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze,
-                 warm_up: Callable[[], object] | None = None):
+                 warm_up: Callable[[], object] | None = None, shutdown_grace_s: float = 3.0):
         self.settings = settings
         self.connection = connection
         self.subscribers = list(subscribers)
         self.analyze = analyze
         self._warm_up = warm_up
-        self.ingest = Ingest(settings.accumulate.to_core())
+        self.shutdown_grace_s = shutdown_grace_s
+        self.ingest = Ingest(ingest_options(settings))
         self.finished = 0  # acquisitions stopped and finally refitted
         self.refits = 0
+        self.refit_failures = 0  # whole refits that failed (the analyzer counts its own per workflow)
+        self.publish_errors = 0
         self.last_refit_s: float | None = None
         self._stop = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edx-live-refit")
-        self._running: Future | None = None
-        self._finals: list[Acquisition] = []
+        self._running: _Job | None = None
+        self._running_acq: tuple[Acquisition, bool] | None = None
+        self._rejects = ReasonLog(log, "message_rejected")
         self._seq: Counter = Counter()
         self._refit_index: Counter = Counter()
         self._last_refit_at = 0.0
@@ -76,13 +107,13 @@ class Service:
         """Serve until :meth:`stop`, or until ``stop_after`` acquisitions are finished."""
         self.connection.open()
         if self._warm_up is not None:
-            self._running = self._executor.submit(self._warm, self._warm_up)
+            _Job(lambda: self._warm(self._warm_up), "edx-live-warm-up").start()
         next_status = time.monotonic()
         try:
             while not self._stop.is_set():
                 frames = self.connection.recv(poll_s)
                 if frames is not None:
-                    self._handle(self.ingest.receive(frames))
+                    self._receive(frames)
                 self._collect()
                 now = time.monotonic()
                 if now >= next_status:
@@ -92,15 +123,41 @@ class Service:
                 if stop_after is not None and self.finished >= stop_after and self._running is None:
                     break
         finally:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._shut_down()
             self.connection.close()
 
+    def _shut_down(self) -> None:
+        """Give a running refit ``shutdown_grace_s``, then abandon it and say what was lost."""
+        job = self._running
+        if job is not None:
+            job.join(self.shutdown_grace_s)
+            if job.is_alive():
+                acq, final = self._running_acq or (None, False)
+                refit_log.warning("refit_abandoned", acquisition_id=acq.acquisition_id if acq else None,
+                                  final=final, grace_s=self.shutdown_grace_s)
+            else:
+                self._collect()
+        for acq in self.ingest.pending:
+            if self._running_acq is None or acq is not self._running_acq[0]:
+                refit_log.warning("final_refit_not_run", acquisition_id=acq.acquisition_id,
+                                  frames=acq.frames, counts=acq.accumulator.counts)
+        self._rejects.flush()
+
     # ingest -----------------------------------------------------------------------------------
+    def _receive(self, frames) -> None:
+        """Ingest one message; whatever goes wrong, the loop and the accumulated counts survive."""
+        try:
+            outcome = self.ingest.receive(frames)
+        except Exception:  # a bug, not bad input (that is an Outcome): count it and keep serving
+            self.ingest.rejected["internal_error"] += 1
+            log.exception("ingest_failed", frames=len(frames))
+            return
+        self._handle(outcome)
+
     def _handle(self, outcome: Outcome) -> None:
         if outcome.kind == "rejected":
-            log.warning("message_rejected", reason=outcome.reason, detail=truncate(outcome.detail or ""),
-                        acquisition_id=outcome.acquisition_id, seq=outcome.seq,
-                        rejected_total=sum(self.ingest.rejected.values()))
+            self._rejects.note(outcome.reason, detail=outcome.detail, acquisition_id=outcome.acquisition_id,
+                               seq=outcome.seq)
             return
         if outcome.gap:
             log.warning("sequence_gap", acquisition_id=outcome.acquisition_id, first=outcome.gap[0],
@@ -114,22 +171,23 @@ class Service:
             if replaced is not None:
                 log.warning("acquisition_replaced", acquisition_id=replaced.acquisition_id,
                             frames=replaced.frames, counts=replaced.accumulator.counts)
-                self._finals.append(replaced)
             self._last_refit_at = time.monotonic()
             self.emit_status()
         elif outcome.kind == "stop":
             acq = self.ingest.current
             log.info("acquisition_stop", acquisition_id=outcome.acquisition_id, frames=acq.frames,
                      counts=acq.accumulator.counts, reason=acq.stop_reason, missing=acq.missing)
-            self._finals.append(acq)
+            if acq.stop_frames != acq.frames:
+                log.warning("stop_frames_differ", acquisition_id=acq.acquisition_id, claimed=acq.stop_frames,
+                            received=acq.frames)
             self.emit_status()
 
     # refits -----------------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
         if self._running is not None:
             return
-        if self._finals:
-            self._submit(self._finals.pop(0), final=True)
+        if self.ingest.pending:
+            self._submit(self.ingest.pending[0], final=True)
             return
         acq = self.ingest.current
         if acq is None or acq.state != "acquiring" or not self._due(acq, now):
@@ -152,17 +210,24 @@ class Service:
         self._frames_at_refit[aid] = acq.frames
         self._counts_at_refit[aid] = acq.accumulator.counts
         self._last_refit_at = time.monotonic()
-        self._running = self._executor.submit(self._refit, acq, index, final)
+        self._running_acq = (acq, final)
+        self._running = _Job(lambda: self._refit(acq, index, final), f"edx-live-refit-{aid}-{index}")
+        self._running.start()
 
-    def _refit(self, acq: Acquisition, index: int, final: bool) -> bool:
+    def _refit(self, acq: Acquisition, index: int, final: bool) -> None:
         t0 = time.perf_counter()
-        snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final)
-        for header, arrays in (self.analyze(snapshot) if snapshot.counts else ()):
-            self.emit(header, arrays)  # each as soon as the refit yields it
-        self.last_refit_s = time.perf_counter() - t0
+        try:
+            snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final)
+            for header, arrays in (self.analyze(snapshot) if snapshot.counts else ()):
+                self.emit(header, arrays)  # each as soon as the refit yields it
+        except Exception:  # contained: the next refit, and the acquisition, go on
+            self.refit_failures += 1
+            refit_log.exception("refit_failed", acquisition_id=acq.acquisition_id, refit=index, final=final)
+            return
+        finally:
+            self.last_refit_s = time.perf_counter() - t0
         refit_log.info("refit_done", acquisition_id=acq.acquisition_id, refit=index, final=final,
                        frames=snapshot.frames, counts=snapshot.counts, seconds=round(self.last_refit_s, 3))
-        return final
 
     @staticmethod
     def _warm(warm_up) -> None:
@@ -171,18 +236,19 @@ class Service:
         refit_log.info("warmed_up", seconds=round(time.perf_counter() - t0, 2))
 
     def _collect(self) -> None:
-        """Finish a completed refit; re-raise its exception here, on the ingest thread."""
-        future = self._running
-        if future is None or not future.done():
+        """Finish a completed refit; re-raise what it could not contain here, on the ingest thread."""
+        job = self._running
+        if job is None or job.is_alive():
             return
-        self._running = None
-        final = future.result()  # raises the worker's exception, never lost
-        if final is None:  # the warm-up, not a refit
-            return
+        acq, final = self._running_acq
+        self._running, self._running_acq = None, None
+        if job.error is not None:
+            raise job.error  # not an Exception (those the refit contains): never lost
         self.refits += 1
         if final:
+            self.ingest.release(acq)
             self.finished += 1
-            self.emit(self.status(final=True))
+            self.emit(self.status(final=True, acq=acq))
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
@@ -191,20 +257,28 @@ class Service:
         header = header.model_copy(update={"seq": self._seq[key]})
         self._seq[key] += 1
         for subscriber in self.subscribers:
-            subscriber(header, arrays or {})
+            try:
+                subscriber(header, arrays or {})
+            except Exception:  # one failing subscriber must not starve the others or stop the service
+                self.publish_errors += 1
+                publish_log.exception("subscriber_failed", subscriber=type(subscriber).__name__,
+                                      kind=header.kind)
 
     def emit_status(self) -> None:
         self.emit(self.status())
 
-    def status(self, final: bool = False) -> Status:
-        """The current ingest state; ``final`` marks the one sent after an acquisition's last refit."""
-        acq = self.ingest.current
+    def status(self, final: bool = False, acq: Acquisition | None = None) -> Status:
+        """The ingest state of ``acq`` (default: the current acquisition).
+
+        ``final`` marks the one sent after an acquisition's last refit.
+        """
+        acq = acq or self.ingest.current
         base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s, final=final,
-                    refit_errors=getattr(self.analyze, "errors", 0))
+                    refit_errors=getattr(self.analyze, "errors", 0) + self.refit_failures,
+                    rejected=dict(self.ingest.rejected))
         if acq is None:
-            return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0,
-                          rejected=dict(self.ingest.rejected), **base)
+            return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0, **base)
         return Status(acquisition_id=acq.acquisition_id, frames=acq.frames, counts=acq.accumulator.counts,
-                      state=acq.state, messages=acq.messages, rejected=dict(self.ingest.rejected),
+                      state=acq.state, messages=acq.messages, acquisition_rejected=dict(acq.rejected),
                       gaps=Gaps(count=acq.missing, missing=acq.gap_ranges[-100:]),
                       scan_shape=acq.start.scan_shape, expected_frames=acq.start.expected_frames, **base)

@@ -32,12 +32,17 @@ class ZmqConnection:
     kind : {"pull", "sub"}
     bind : bool
     high_water_mark : int
+        Messages queued in the socket before it pushes back (PULL) or drops (SUB).
+    max_message_bytes : int
+        ``ZMQ_MAXMSGSIZE``: ZeroMQ drops a larger frame unread and closes that connection,
+        so queue memory stays below about ``high_water_mark * max_message_bytes``.
     context : zmq.Context, optional
     """
 
-    def __init__(self, address: str, kind: str = "pull", bind: bool = True, high_water_mark: int = 10_000,
-                 context: zmq.Context | None = None):
+    def __init__(self, address: str, kind: str = "pull", bind: bool = True, high_water_mark: int = 100,
+                 context: zmq.Context | None = None, max_message_bytes: int = 64 * 2**20):
         self.address, self.kind, self.bind, self.hwm = address, kind, bind, high_water_mark
+        self.max_message_bytes = max_message_bytes
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._poller = zmq.Poller()
@@ -52,6 +57,7 @@ class ZmqConnection:
             return
         sock = self._context.socket(zmq.PULL if self.kind == "pull" else zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         sock.setsockopt(zmq.LINGER, 0)
         if self.kind == "sub":
             sock.setsockopt(zmq.SUBSCRIBE, b"")
