@@ -7,6 +7,7 @@ them. It imports no sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from edx_live.quantify.setup import acquisition_setup, with_peaks_of
 from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
-from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, match_clusters
+from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, match_clusters, row_labels
 
 #: Channels fitted reach this far above the highest line of interest (about 3 FWHM at 10 keV).
 LINE_MARGIN_KEV = 0.5
@@ -116,36 +117,47 @@ class Analyzer:
         prepared = None
         for workflow in self.settings.refit.workflows:
             try:
-                end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
-                estimator = self.estimator(workflow, snapshot.start, end)
-                previous = self._previous(workflow, snapshot)
-                if previous is not None and previous.warm_start and "init" in estimator.get_params():
-                    estimator.set_params(init=previous.warm_start.get("embedding"))
-                result = segment(snapshot.cube, estimator, workflow,
-                                 offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev)
+                result, state, document = self._segment(workflow, snapshot)
             except Exception:  # one workflow failing on odd data must not stop the live service
-                self.errors += 1
-                log.exception("segment_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
-                              refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
+                self._failed(log, "segment_failed", workflow, snapshot)
                 continue
-            matching, state = self._track(workflow, snapshot, result)
-            result = matching.result
-            log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
-                     refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
-                     appeared=matching.appeared, vanished=matching.vanished, agreement=state.ari,
-                     converged=state.converged, seconds=round(result.fit_seconds, 3))
-            yield clusters_document(snapshot, result, matching, state)
+            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, None, 0.0, state)
+            yield document
             try:
                 prepared = prepared or self._prepare_quantify(snapshot)
                 quant, seconds = self._quantify(snapshot, result, *prepared)
+                document = None if quant is None else composition_document(snapshot, result, quant, seconds)
             except Exception:
-                self.errors += 1
-                qlog.exception("quantify_failed", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
-                               refit=snapshot.refit)
-                quant, seconds = None, 0.0
-            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, quant, seconds, state)
-            if quant is not None:
-                yield composition_document(snapshot, result, quant, seconds)
+                self._failed(qlog, "quantify_failed", workflow, snapshot)
+                continue
+            self.latest[workflow] = dataclasses.replace(self.latest[workflow], quantification=quant,
+                                                        quantify_seconds=seconds)
+            if document is not None:
+                yield document
+
+    def _failed(self, logger, event: str, workflow: str, snapshot: Snapshot) -> None:
+        """Count and log (with the traceback) a workflow's failure in this refit."""
+        self.errors += 1
+        logger.exception(event, workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
+                         refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
+
+    def _segment(self, workflow: str, snapshot: Snapshot):
+        """Segment, give the clusters their tracked ids, and build the ``clusters`` document."""
+        end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
+        estimator = self.estimator(workflow, snapshot.start, end)
+        previous = self._previous(workflow, snapshot)
+        if previous is not None and previous.warm_start and "init" in estimator.get_params():
+            estimator.set_params(init=previous.warm_start.get("embedding"))
+        result = segment(snapshot.cube, estimator, workflow, offset_kev=snapshot.offset_kev,
+                         scale_kev=snapshot.scale_kev)
+        matching, state = self._track(workflow, snapshot, result)
+        result = matching.result
+        document = clusters_document(snapshot, result, matching, state)
+        log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
+                 refit=snapshot.refit, clusters=result.n_clusters, noise=result.noise_pixels,
+                 appeared=matching.appeared, vanished=matching.vanished, agreement=state.ari,
+                 converged=state.converged, seconds=round(result.fit_seconds, 3))
+        return result, state, document
 
     def _previous(self, workflow: str, snapshot: Snapshot) -> SegmentationResult | None:
         """The last result of ``workflow`` for the same acquisition, if any."""
@@ -177,7 +189,8 @@ class Analyzer:
                          reason=reason)
             return None, 0.0
         t0 = time.perf_counter()
-        quant = self._quantifier(snapshot.cube, result.labels, result.n_clusters, setup,
+        # The quantifier numbers clusters by row; a tracked result's labels are ids, which may have gaps.
+        quant = self._quantifier(snapshot.cube, row_labels(result), result.n_clusters, setup,
                                  weights=result.confidence, total=total, random_state=0)
         seconds = time.perf_counter() - t0
         qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=list(setup.xray_lines),

@@ -20,15 +20,28 @@ def _common(snapshot: Snapshot) -> dict:
 
 
 def _jsonable(value):
-    if isinstance(value, (np.integer,)):
+    """A choice as the protocol carries it; None when it holds a NaN or an infinity (JSON has neither)."""
+    if isinstance(value, (bool, np.bool_)):
         return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return [float(v) for v in value.ravel()]
-    if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _finite(value)
+    if isinstance(value, (np.ndarray, list, tuple)):
+        values = [float(v) for v in np.ravel(value)]
+        return values if all(np.isfinite(values)) else None
     return value
+
+
+def _finite_items(mapping: dict, convert=lambda v: v) -> dict:
+    """``mapping`` without the entries whose value is, or holds, a NaN or an infinity."""
+    out = {}
+    for key, value in mapping.items():
+        value = convert(value)
+        flat = np.ravel(np.asarray(value, dtype=object)) if isinstance(value, (list, tuple)) else [value]
+        if value is not None and all(not isinstance(v, float) or np.isfinite(v) for v in flat):
+            out[key] = value
+    return out
 
 
 def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=None,
@@ -51,7 +64,7 @@ def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=N
     if convergence is not None:
         tracking.update(agreement=_finite(convergence.ari), spectrum_change=_finite(convergence.spectrum_change),
                         converged=convergence.converged, convergence_criterion=convergence.criterion)
-    choices = {k: _jsonable(v) for k, v in workflow_choices(result).items()}
+    choices = _finite_items(workflow_choices(result), _jsonable)
     header = Clusters(**_common(snapshot), workflow=result.workflow, refit_s=result.fit_seconds,
                       bin_factor=snapshot.bin_factor, energy_offset_kev=snapshot.offset_kev,
                       energy_scale_kev=snapshot.scale_kev, clusters=clusters,
@@ -70,5 +83,5 @@ def composition_document(snapshot: Snapshot, result: SegmentationResult, quant,
                          intensity_method=quant.intensity_method, kfactors_theoretical=quant.kfactors_theoretical,
                          weighting=quant.weighting, elements_source=quant.elements_source,
                          entropy_species=list(quant.entropy_species), absorption_thickness_nm=quant.thickness_nm,
-                         fit=quant.fit)
+                         fit=_finite_items(quant.fit))
     return header, {}

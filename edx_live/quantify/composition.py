@@ -189,11 +189,11 @@ class Quantification:
 
     def _element(self, i: int, j: int) -> ElementResult:
         a, w, n = self.atomic, self.weight, self.intensity
-        return ElementResult(atomic_percent=float(a.value[i, j]), atomic_percent_sigma=_or_none(a.sigma[i, j]),
+        return ElementResult(atomic_percent=_or_none(a.value[i, j]), atomic_percent_sigma=_or_none(a.sigma[i, j]),
                              atomic_percent_sigma_counting=_or_none(a.sigma_counting[i, j]),
                              atomic_percent_sigma_spread=_or_none(a.sigma_spread[i, j]),
-                             weight_percent=float(w.value[i, j]), weight_percent_sigma=_or_none(w.sigma[i, j]),
-                             intensity=float(n.value[i, j]), intensity_sigma=_or_none(n.sigma_counting[i, j]))
+                             weight_percent=_or_none(w.value[i, j]), weight_percent_sigma=_or_none(w.sigma[i, j]),
+                             intensity=_or_none(n.value[i, j]), intensity_sigma=_or_none(n.sigma_counting[i, j]))
 
 
 def _or_none(value) -> float | None:

@@ -74,6 +74,14 @@ def _rows(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def row_labels(result: SegmentationResult) -> np.ndarray:
+    """``result.labels`` as row indices of ``result.spectra`` (``NOISE`` stays ``NOISE``), same shape.
+
+    What code that walks ``range(n_clusters)`` needs: a tracked result's labels are ids.
+    """
+    return _rows(result.labels, cluster_ids(result)).reshape(result.labels.shape)
+
+
 def jaccard_matrix(previous: SegmentationResult, current: SegmentationResult) -> np.ndarray:
     """Jaccard index of every (previous, current) pair of cluster masks, shape (n_prev, n_cur).
 
@@ -217,7 +225,10 @@ def match_clusters(previous: SegmentationResult | None, current: SegmentationRes
 def _relabel(current: SegmentationResult, new_ids: np.ndarray, next_id: int) -> SegmentationResult:
     """``current`` with label values ``new_ids`` and rows sorted by id."""
     rows = _rows(current.labels, cluster_ids(current))
-    labels = np.where(rows >= 0, new_ids[np.maximum(rows, 0)], NOISE).reshape(current.labels.shape)
+    if new_ids.size:
+        labels = np.where(rows >= 0, new_ids[np.maximum(rows, 0)], NOISE).reshape(current.labels.shape)
+    else:  # every pixel is noise: there is no id to look up
+        labels = np.full(current.labels.shape, NOISE, dtype=np.int64)
     order = np.argsort(new_ids, kind="stable")
     choices = dict(current.choices, cluster_ids=[int(i) for i in new_ids[order]], next_cluster_id=int(next_id))
     return dataclasses.replace(current, labels=labels, spectra=current.spectra[order],
