@@ -396,3 +396,20 @@ def test_cli_pub_without_subscriber_fails_clearly(data_dir, capsys):
                    "--address", "tcp://127.0.0.1:*", "--wait-subscribers", "0.05"])
     assert status == 1
     assert "no subscriber within 0.05 s" in capsys.readouterr().err
+
+
+def test_a_file_saved_after_exspy_set_microscope_parameters_keeps_its_beam_energy(data_dir, tmp_path, caplog):
+    """exspy 0.3.2 writes the key ``"beam_energy "`` (trailing space); the file is still read, with a warning."""
+    import logging
+
+    import hyperspy.api as hs
+
+    s = hs.load(data_dir / "core_shell.hspy")
+    del s.metadata.Acquisition_instrument.TEM.beam_energy
+    s.set_microscope_parameters(beam_energy=300)
+    path = tmp_path / "saved_by_exspy.hspy"
+    s.save(path)
+    with caplog.at_level(logging.WARNING, logger="edx_adapters"):
+        replay = open_replay(path, frames=2)
+    assert replay.start.beam_energy_kev == 300.0
+    assert any("'beam_energy '" in r.getMessage() for r in caplog.records)

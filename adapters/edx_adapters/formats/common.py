@@ -6,6 +6,7 @@ dictionaries as rosettasciio returns them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -16,6 +17,8 @@ from edx_protocol import Detector, EnergyAxis
 #: Length units rosettasciio writes, in nanometres (HyperSpy writes "µm" with a micro sign).
 _NM_PER_UNIT = {"m": 1e9, "mm": 1e6, "µm": 1e3, "μm": 1e3, "um": 1e3, "nm": 1.0, "pm": 1e-3,
                 "Å": 0.1, "A": 0.1}
+
+log = logging.getLogger("edx_adapters")
 
 #: What exspy assumes when a file does not say (so the numbers match an offline analysis).
 DEFAULT_ELEVATION_DEG = 35.0
@@ -99,6 +102,11 @@ def hyperspy_fields(metadata: Mapping, axes: list[Mapping], detector_name: str |
     mode = "TEM" if "TEM" in (lookup(metadata, "Acquisition_instrument") or {}) else "SEM"
     instrument = lookup(metadata, f"Acquisition_instrument.{mode}") or {}
     beam = lookup(instrument, "beam_energy")
+    if beam is None and lookup(instrument, "beam_energy ") is not None:
+        # exspy 0.3.2's set_microscope_parameters saves the key with a trailing space
+        beam = lookup(instrument, "beam_energy ")
+        log.warning("beam energy read from the key 'beam_energy ' (trailing space), as exspy 0.3.2's "
+                    "set_microscope_parameters writes it: %s keV", beam)
     if beam is None:
         raise ValueError("the file has no beam energy (metadata Acquisition_instrument.TEM/SEM."
                          "beam_energy); set it in the file, e.g. with HyperSpy, and save it as .hspy")
