@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 from edx_protocol import NOISE_LABEL, decode_result
+from edx_protocol.check import DocumentChecker
 
 from edx_live.shell.demo import bundled_dataset, run_demo
 
@@ -82,8 +83,16 @@ def test_producer_to_result_subscriber(tmp_path):
         comp = [d[0] for d in documents if d[0].kind == "composition" and d[0].workflow == workflow][-1]
         assert comp.kfactors == KFACTORS and comp.final
         for cluster in comp.clusters:
-            total = sum(e.atomic_percent for e in cluster.elements.values())
-            assert np.isnan(total) or total == pytest.approx(100.0)
+            values = [e.atomic_percent for e in cluster.elements.values()]
+            assert None not in values and sum(values) == pytest.approx(100.0)
+        # the FePt cores: one cluster of each workflow holds far more Pt than the Fe-rich shells and support
+        pt = sorted(c.elements["Pt"].atomic_percent for c in comp.clusters)
+        assert 25.0 < pt[-1] < 65.0 and pt[0] < 10.0
+    checker = DocumentChecker()  # every refit, live ones included: compositions sit on the clusters' ids
+    for header, arrays in documents:
+        checker(header, arrays)
+    checker.assert_consistent()
+    assert sum(h.kind == "clusters" and not h.final for h, _ in documents) >= 2
     seqs = [h.seq for h, _ in documents if h.kind == "clusters" and h.workflow == "pca-gmm"]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     json.dumps([h.model_dump(mode="json") for h, _ in documents])  # documents are JSON-friendly
