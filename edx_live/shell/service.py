@@ -210,6 +210,8 @@ class Service:
         self._frames_at_refit[aid] = acq.frames
         self._counts_at_refit[aid] = acq.accumulator.counts
         self._last_refit_at = time.monotonic()
+        refit_log.info("refit_started", acquisition_id=aid, refit=index, final=final, frames=acq.frames,
+                       counts=acq.accumulator.counts)
         self._running_acq = (acq, final)
         self._running = _Job(lambda: self._refit(acq, index, final), f"edx-live-refit-{aid}-{index}")
         self._running.start()
