@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 
 from edx_live.config import ConfigError, load_settings
 from edx_live.logs import configure, get_logger
@@ -151,7 +152,12 @@ def _demo(args) -> int:
     return 0
 
 
+#: HyperSpy 2.x warns about its own internal imports when exspy loads; nothing a user can act on.
+QUIET_WARNINGS = r"Importing `\w+` from `hyperspy\._signals\."
+
+
 def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", message=QUIET_WARNINGS)
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)

@@ -151,8 +151,9 @@ class Ingest:
         acq = self.current
         if acq is None or acq.acquisition_id != header.acquisition_id or acq.state != "acquiring":
             open_id = acq.acquisition_id if acq is not None and acq.state == "acquiring" else None
+            named = acq if acq is not None and acq.acquisition_id == header.acquisition_id else None
             return self._reject("unknown_acquisition", f"{header.kind} for {header.acquisition_id!r}, "
-                                f"open acquisition: {open_id!r}", header, acq)
+                                f"open acquisition: {open_id!r}", header, named)
         if header.seq < acq.next_seq:
             return self._reject("duplicate_seq", f"seq {header.seq} already seen (next is {acq.next_seq})",
                                 header, acq)

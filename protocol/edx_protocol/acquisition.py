@@ -179,7 +179,7 @@ class _FrameHeader(_Header):
 
     kind: Literal["frame"] = "frame"
     frame_index: Index = Field(description="Which sweep of the scan these counts belong to.")
-    arrays: list[ArrayDescriptor] = Field(description="The buffers that follow the header, in order.")
+    arrays: list[ArrayDescriptor] = Field(max_length=3, description="The buffers that follow the header, in order.")
 
     @model_validator(mode="after")
     def _arrays_follow_spec(self) -> "_FrameHeader":

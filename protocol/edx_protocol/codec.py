@@ -89,6 +89,8 @@ def _unpack_header(frame) -> dict:
         raise ProtocolError("not_msgpack", f"header is not msgpack ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise ProtocolError("not_msgpack", f"header must be a map, got {type(doc).__name__}")
+    if not all(isinstance(key, str) for key in doc):  # msgpack's strict_map_key lets bin keys through
+        raise ProtocolError("not_msgpack", "header keys must be msgpack str")
     version = doc.get("protocol")
     if isinstance(version, bool) or version != PROTOCOL_VERSION:  # True == 1 in Python, not on the wire
         raise ProtocolError("version", f"protocol {version!r} is not supported (this is {PROTOCOL_VERSION})")
