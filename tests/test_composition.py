@@ -269,3 +269,20 @@ class TestKFactorTable:
         assert s.quantify.user_kfactors() == {"Fe_Ka": 1.45, "Pt_La": 5.0}
         with pytest.raises(ConfigError, match="cannot read the k-factor table"):
             load_settings(overrides={"quantify": {"kfactor_table": str(tmp_path / "missing.csv")}})
+
+
+def test_resolution_search_keeps_carbon_ka_real():
+    """exspy's width law has no real width at C Ka below 118.6 eV at Mn Ka; the search must not go there.
+
+    Found on the JEOL .pts file, whose proposed elements include C: the refit's quantification failed
+    with a math domain error whenever the search probed a narrower detector.
+    """
+    key = ModelKey(0.0, 0.01, 2048, 200.0, ("C", "Fe", "O"), ("C_Ka", "Fe_Ka", "O_Ka"), (0.2, 8.0), 6, 35.0, 0.0)
+    model = LineModel(key, 130.0)
+    spectrum = np.random.default_rng(0).poisson(
+        phase_spectrum({"C": 40.0, "Fe": 30.0, "O": 30.0}, ("C_Ka", "Fe_Ka", "O_Ka"), 2e5,
+                       resolution_ev=119.0)).astype(float)
+    low, _ = model._resolution_bounds()
+    assert 118.6 < low < 125.0
+    calibration = model.calibrate(spectrum, ("resolution",))  # used to raise ValueError: math domain error
+    assert low <= calibration["resolution_ev"] <= 140.0

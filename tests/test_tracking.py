@@ -197,3 +197,20 @@ def test_spectrum_change_alone_breaks_convergence(base):
     changed = match_clusters(tracked, result_of(labels, other), pixel_weight=1.0).result
     state = tracker.update(tracked, changed)
     assert state.ari == 1.0 and state.spectrum_change > 0.5 and not state.converged
+
+
+def test_a_refit_where_every_pixel_is_noise_is_tracked(base):
+    """Both small Velox files give such results: tracking must not raise, on a first refit or a later one."""
+    labels, cube, base = base
+    empty = result_of(np.full(labels.shape, NOISE), cube)
+    assert empty.n_clusters == 0
+    first = match_clusters(None, empty)
+    assert (first.appeared, first.vanished, first.result.n_clusters) == ([], [], 0)
+    assert np.all(first.result.labels == NOISE)
+    tracked = match_clusters(None, base).result
+    later = match_clusters(tracked, empty)
+    assert later.vanished == cluster_ids(tracked).tolist() and later.appeared == []
+    back = match_clusters(later.result, base)  # clusters come back with new ids: ids are never reused
+    assert min(back.appeared) >= later.next_id == tracked.n_clusters
+    state = ConvergenceTracker().update(tracked, later.result)
+    assert not state.converged

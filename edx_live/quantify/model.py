@@ -27,6 +27,10 @@ from .signal import eds_signal
 
 #: Range searched for the detector resolution (eV at Mn Ka).
 RESOLUTION_BOUNDS_EV = (110.0, 300.0)
+#: Narrowest line the search may make (eV): exspy's width law (Fiori and Newbury) gives
+#: FWHM(E)**2 = FWHM(Mn Ka)**2 + 2.5 (E - E(Mn Ka)) eV**2/eV, which turns negative at C Ka
+#: (0.277 keV) below 118.6 eV at Mn Ka; a square root of it is a math domain error.
+MIN_LINE_FWHM_EV = 30.0
 #: Largest energy-offset correction (keV) searched.
 MAX_OFFSET_SHIFT_KEV = 0.05
 
@@ -164,7 +168,7 @@ class LineModel:
         rejected = []
         for kind in what:
             if kind == "resolution":
-                now, (low, high), set_, tol = self.resolution_ev, RESOLUTION_BOUNDS_EV, self._set_resolution, 0.2
+                now, (low, high), set_, tol = self.resolution_ev, self._resolution_bounds(), self._set_resolution, 0.2
             elif kind == "offset":
                 now, set_ = self._axis_offset(), self._set_offset
                 low, high, tol = now - MAX_OFFSET_SHIFT_KEV, now + MAX_OFFSET_SHIFT_KEV, 2e-4
@@ -183,6 +187,17 @@ class LineModel:
                 value = now
             set_(value)
         return {"resolution_ev": self.resolution_ev, "offset_kev": self.offset_kev, "rejected": rejected}
+
+    def _resolution_bounds(self) -> tuple[float, float]:
+        """RESOLUTION_BOUNDS_EV, raised so that the lowest line of the model keeps a real width."""
+        from .lines import line_energy
+
+        m = self._model
+        lowest = min(line_energy(c.name) for c in [*m.xray_lines, *m.family_lines])
+        mn_ka = line_energy("Mn_Ka")
+        floor = np.sqrt(max(0.0, 2500.0 * (mn_ka - lowest)) + MIN_LINE_FWHM_EV**2)
+        low, high = RESOLUTION_BOUNDS_EV
+        return max(low, float(floor)), high
 
     def _axis_offset(self) -> float:
         return float(self._model.signal.axes_manager[-1].offset)

@@ -16,6 +16,7 @@ from .acquisition import (
     Stop,
     VeloxFrame,
 )
+from .check import RULES, DocumentChecker, Inconsistency, check_document
 from .codec import Decoded, ProtocolError, decode, decode_result, describe, encode
 from .results import (
     NOISE_LABEL,
@@ -37,4 +38,5 @@ __all__ = [
     "Start", "Stop", "VeloxFrame", "Status", "Clusters", "ClusterInfo", "Composition",
     "ClusterComposition", "ElementResult", "Gaps", "Decoded", "ProtocolError",
     "decode", "decode_result", "describe", "encode", "topic_for",
+    "RULES", "DocumentChecker", "Inconsistency", "check_document",
 ]
