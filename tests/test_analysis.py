@@ -72,3 +72,59 @@ def test_more_dose_keeps_the_ids_of_matching_clusters(phantom):
         assert (m1 & m2).sum() / (m1 | m2).sum() > 0.5
     assert set(h2.appeared) == {c.label for c in h2.clusters} - shared
     assert NOISE_LABEL not in {c.label for c in h2.clusters}
+
+
+def test_a_failure_in_one_workflow_leaves_the_other_and_is_counted(phantom, monkeypatch):
+    """Tracking, document building and quantification are contained per workflow, like segmentation."""
+    import edx_live.analysis as analysis
+
+    rng = np.random.default_rng(0)
+    cube = rng.poisson(phantom.expected(200.0)).astype(np.uint32)
+    real = analysis.clusters_document
+
+    def broken_for_pca(snapshot, result, *args):
+        if result.workflow == "pca-gmm":
+            raise IndexError("a defect in document building")
+        return real(snapshot, result, *args)
+
+    monkeypatch.setattr(analysis, "clusters_document", broken_for_pca)
+    analyzer = Analyzer(load_settings(overrides={"quantify": {"replicas": 4, "bootstrap": 4}}))
+    docs = list(analyzer(_snapshot(phantom, cube, "a", 0)))
+    assert [(h.kind, h.workflow) for h, _ in docs] == [("clusters", "umap-hdbscan"), ("composition", "umap-hdbscan")]
+    assert analyzer.errors == 1 and "pca-gmm" not in analyzer.latest
+
+    def broken_setup(*args, **kwargs):
+        raise RuntimeError("a defect in the quantification set-up")
+
+    monkeypatch.setattr(analysis, "clusters_document", real)
+    monkeypatch.setattr(analysis, "acquisition_setup", broken_setup)
+    docs = list(analyzer(_snapshot(phantom, cube, "b", 0)))
+    assert [(h.kind, h.workflow) for h, _ in docs] == [("clusters", "pca-gmm"), ("clusters", "umap-hdbscan")]
+    assert analyzer.errors == 3
+
+
+def test_a_refit_that_raises_does_not_stop_the_service():
+    from edx_protocol import encode
+
+    from edx_live.shell.publish import Collector
+    from edx_live.shell.service import Service
+    from edx_live.shell.transport import MemoryConnection
+    from test_ingest import events, start, stop
+
+    calls = []
+
+    def analyze(snapshot):
+        calls.append(snapshot.final)
+        raise ValueError("a refit that fails on odd data")
+
+    conn, collector = MemoryConnection(), Collector()
+    service = Service(load_settings(overrides={"refit": {"min_counts": 1, "every_frames": 1}}), conn, [collector],
+                      analyze)
+    conn.put(encode(start()))
+    conn.put(events(1, np.arange(24), np.full(24, 3)))
+    conn.put(events(2, np.arange(24), np.full(24, 4), frame_index=1))
+    conn.put(stop(3, frames=2))
+    service.run(stop_after=1)
+    assert calls[-1] is True and len(calls) >= 2  # live refits failed, the final one still ran
+    final = collector.latest("status")[0]
+    assert final.final and final.counts == 48 and final.refit_errors == len(calls)
