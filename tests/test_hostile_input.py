@@ -279,3 +279,34 @@ def test_accumulated_counts_that_would_overflow_a_cell_are_refused(ingest):
     stream = np.array([65535, 6, 65535], "<u2")  # pixel 1 channel 6 only
     assert ingest.receive(raw(velox_header(stream, seq=4), stream.tobytes())).kind == "frame"
     assert int(cube[1, 6]) == 2
+
+
+def test_the_socket_drops_a_frame_over_the_limit_unread():
+    """ZMQ_MAXMSGSIZE: a 16 MiB frame never reaches the service with a 1 MiB limit; later messages do."""
+    import time
+
+    import zmq
+
+    from edx_live.shell.transport import ZmqConnection
+
+    ctx = zmq.Context()
+    conn = ZmqConnection("tcp://127.0.0.1:*", "pull", True, 10, context=ctx, max_message_bytes=2**20)
+    conn.open()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(conn.endpoint)
+    try:
+        push.send_multipart([b"\x80", b"\0" * (16 * 2**20)])
+        received = []
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:  # ZeroMQ reconnects the producer by itself
+            push.send_multipart([b"probe"], flags=zmq.NOBLOCK) if push.poll(100, zmq.POLLOUT) else None
+            frames = conn.recv(0.2)
+            if frames is not None:
+                received.append([bytes(f) for f in frames])
+        assert received and received[0] == [b"probe"]
+        while (frames := conn.recv(0.2)) is not None:
+            assert [bytes(f) for f in frames] == [b"probe"]  # the large message never arrives
+    finally:
+        push.close(linger=0)
+        conn.close()
+        ctx.destroy(linger=0)
