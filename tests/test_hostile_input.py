@@ -310,3 +310,12 @@ def test_the_socket_drops_a_frame_over_the_limit_unread():
         push.close(linger=0)
         conn.close()
         ctx.destroy(linger=0)
+
+
+def test_a_start_that_cannot_be_allocated_leaves_the_open_acquisition_open(ingest):
+    ingest.options = IngestOptions(max_cube_bytes=2**62)
+    big = start(aid="huge").model_dump(mode="json") | {"scan_shape": [65535, 65535]}
+    big["energy_axis"]["channels"] = 65534
+    assert ingest.receive(raw(big)).reason == "out_of_memory"
+    assert ingest.current.acquisition_id == "acq-1" and ingest.current.state == "acquiring"
+    assert ingest.receive(events(2, [3], [7])).kind == "frame" and ingest.pending == []

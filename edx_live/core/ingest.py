@@ -183,15 +183,16 @@ class Ingest:
         refused = self._refuse_start(start, selection)
         if refused is not None:
             return refused
+        if acq is not None and acq.state != "acquiring" and acq not in self.pending:
+            self.current = acq = None  # finished and finally refitted: free its cube before allocating the next
+        try:
+            accumulator = Accumulator(start.scan_shape, start.energy_axis.channels, selection)
+        except (MemoryError, OSError) as exc:  # the open acquisition, if any, stays open
+            return self._reject("out_of_memory", f"cannot allocate the spectrum image: {exc}", start, None)
         replaced = acq if acq is not None and acq.state == "acquiring" else None
         if replaced is not None:  # its producer never sent a stop: close it, keep its counts
             replaced.state, replaced.stop_reason = "stopped", "replaced"
             self.pending.append(replaced)
-        self.current = None  # a finished acquisition's cube is freed before the next one is allocated
-        try:
-            accumulator = Accumulator(start.scan_shape, start.energy_axis.channels, selection)
-        except (MemoryError, OSError) as exc:
-            return self._reject("out_of_memory", f"cannot allocate the spectrum image: {exc}", start, None)
         self.current = Acquisition(start, accumulator, next_seq=start.seq + 1)
         self.accepted += 1
         return Outcome("start", start.acquisition_id, start.seq, replaced=replaced)
