@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edx_live.core.ingest import IngestOptions
 from edx_live.quantify.entropy import ANIONS
 from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
 
@@ -35,10 +36,10 @@ class InputSettings(_Section):
     high_water_mark: int = Field(100, ge=1, description=(
         "Messages queued before the socket pushes back (PULL) or drops (SUB); "
         "with max_message_bytes it bounds the queue's memory."))
-    max_message_bytes: int = Field(64 * 2**20, ge=2**16, description=(
+    max_message_bytes: int = Field(IngestOptions.max_message_bytes, ge=2**16, description=(
         "Largest message accepted, in bytes: ZeroMQ drops a larger frame unread and closes its "
         "connection (ZMQ_MAXMSGSIZE); a larger multipart message is refused (too_large)."))
-    max_seq_gap: int = Field(2**20, ge=1, description=(
+    max_seq_gap: int = Field(IngestOptions.max_seq_gap, ge=1, description=(
         "A message further ahead of the next expected seq is refused (seq_out_of_window)."))
 
     @property
@@ -61,10 +62,10 @@ class AccumulateSettings(_Section):
     energy_rebin: int = Field(1, ge=1, le=64, description="Detector channels summed per channel.")
     spatial_bin: int = Field(2, ge=1, le=16, description="Pixels per side summed before segmentation.")
 
-    max_cube_bytes: int = Field(4 * 2**30, ge=2**20, description=(
+    max_cube_bytes: int = Field(IngestOptions.max_cube_bytes, ge=2**20, description=(
         "Largest spectrum image (pixels x kept channels x 4 bytes) an acquisition may open; "
         "a larger start is refused (acquisition_too_large)."))
-    max_open_acquisitions: int = Field(2, ge=1, le=64, description=(
+    max_open_acquisitions: int = Field(IngestOptions.max_open_acquisitions, ge=1, le=64, description=(
         "Acquisitions held at once (acquiring, or awaiting their final refit); "
         "a start beyond that is refused (too_many_acquisitions)."))
 
@@ -199,10 +200,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-def ingest_options(settings: Settings):
+def ingest_options(settings: Settings) -> IngestOptions:
     """The core's ingest options from the ``[accumulate]`` and ``[input]`` sections."""
-    from edx_live.core.ingest import IngestOptions
-
     a, i = settings.accumulate, settings.input
     return IngestOptions(energy_min_kev=a.energy_min_kev, energy_max_kev=a.energy_max_kev,
                          energy_rebin=a.energy_rebin, max_cube_bytes=a.max_cube_bytes,

@@ -20,28 +20,30 @@ def _common(snapshot: Snapshot) -> dict:
 
 
 def _jsonable(value):
-    """A choice as the protocol carries it; None when it holds a NaN or an infinity (JSON has neither)."""
-    if isinstance(value, (bool, np.bool_)):
+    """A choice as the protocol carries it: a Python int, float or string, or a list of floats."""
+    if isinstance(value, (bool, np.bool_, np.integer)):
         return int(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite(value)
+    if isinstance(value, np.floating):
+        return float(value)
     if isinstance(value, (np.ndarray, list, tuple)):
-        values = [float(v) for v in np.ravel(value)]
-        return values if all(np.isfinite(values)) else None
+        return [float(v) for v in np.ravel(value)]
     return value
 
 
+def _all_finite(value) -> bool:
+    """False when ``value`` is, or holds at any depth, a NaN or an infinite float."""
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return not isinstance(value, float) or bool(np.isfinite(value))
+
+
 def _finite_items(mapping: dict, convert=lambda v: v) -> dict:
-    """``mapping`` without the entries whose value is, or holds, a NaN or an infinity."""
-    out = {}
-    for key, value in mapping.items():
-        value = convert(value)
-        flat = np.ravel(np.asarray(value, dtype=object)) if isinstance(value, (list, tuple)) else [value]
-        if value is not None and all(not isinstance(v, float) or np.isfinite(v) for v in flat):
-            out[key] = value
-    return out
+    """``mapping`` (its values converted) without the entries that are None, or are or hold a NaN or an infinity.
+
+    JSON has no NaN, and the protocol's maps do not take null: such an entry is left out.
+    """
+    converted = {key: convert(value) for key, value in mapping.items()}
+    return {key: value for key, value in converted.items() if value is not None and _all_finite(value)}
 
 
 def clusters_document(snapshot: Snapshot, result: SegmentationResult, matching=None,

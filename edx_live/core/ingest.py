@@ -205,8 +205,7 @@ class Ingest:
             return self._reject("acquisition_too_large", f"scan {list(start.scan_shape)} x {selection.channels} "
                                 f"channels needs {nbytes / 2**30:.2f} GiB, more than accumulate.max_cube_bytes "
                                 f"({limit / 2**30:.2f} GiB); raise it, or crop/rebin the energy axis", start, None)
-        acquiring = self.current is not None and self.current.state == "acquiring"
-        if len(self.pending) + acquiring + 1 > self.options.max_open_acquisitions:
+        if self.open_acquisitions + 1 > self.options.max_open_acquisitions:
             return self._reject("too_many_acquisitions", f"{len(self.pending)} acquisitions still await their "
                                 f"final refit (accumulate.max_open_acquisitions = "
                                 f"{self.options.max_open_acquisitions})", start, None)

@@ -41,17 +41,21 @@ Analyze = Callable[[Snapshot], Iterable]
 
 
 class _Job(threading.Thread):
-    """One refit (or the warm-up) on a daemon thread, keeping its outcome for the ingest thread."""
+    """One refit (or the warm-up) on a daemon thread, keeping what escaped it for the ingest thread.
 
-    def __init__(self, target: Callable[[], object], name: str):
+    ``acquisition`` and ``final`` say which refit it is (None for the warm-up).
+    """
+
+    def __init__(self, target: Callable[[], object], name: str, acquisition: Acquisition | None = None,
+                 final: bool = False):
         super().__init__(name=name, daemon=True)
         self._fn = target
-        self.value: object = None
+        self.acquisition, self.final = acquisition, final
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.value = self._fn()
+            self._fn()
         except BaseException as exc:  # handed to the ingest thread by Service._collect
             self.error = exc
 
@@ -87,11 +91,9 @@ class Service:
         self.finished = 0  # acquisitions stopped and finally refitted
         self.refits = 0
         self.refit_failures = 0  # whole refits that failed (the analyzer counts its own per workflow)
-        self.publish_errors = 0
         self.last_refit_s: float | None = None
         self._stop = threading.Event()
         self._running: _Job | None = None
-        self._running_acq: tuple[Acquisition, bool] | None = None
         self._rejects = ReasonLog(log, "message_rejected")
         self._seq: Counter = Counter()
         self._refit_index: Counter = Counter()
@@ -132,13 +134,13 @@ class Service:
         if job is not None:
             job.join(self.shutdown_grace_s)
             if job.is_alive():
-                acq, final = self._running_acq or (None, False)
-                refit_log.warning("refit_abandoned", acquisition_id=acq.acquisition_id if acq else None,
-                                  final=final, grace_s=self.shutdown_grace_s)
+                refit_log.warning("refit_abandoned", acquisition_id=job.acquisition.acquisition_id,
+                                  final=job.final, grace_s=self.shutdown_grace_s)
             else:
                 self._collect()
+        abandoned = self._running.acquisition if self._running is not None else None
         for acq in self.ingest.pending:
-            if self._running_acq is None or acq is not self._running_acq[0]:
+            if acq is not abandoned:
                 refit_log.warning("final_refit_not_run", acquisition_id=acq.acquisition_id,
                                   frames=acq.frames, counts=acq.accumulator.counts)
         self._rejects.flush()
@@ -212,8 +214,7 @@ class Service:
         self._last_refit_at = time.monotonic()
         refit_log.info("refit_started", acquisition_id=aid, refit=index, final=final, frames=acq.frames,
                        counts=acq.accumulator.counts)
-        self._running_acq = (acq, final)
-        self._running = _Job(lambda: self._refit(acq, index, final), f"edx-live-refit-{aid}-{index}")
+        self._running = _Job(lambda: self._refit(acq, index, final), f"edx-live-refit-{aid}-{index}", acq, final)
         self._running.start()
 
     def _refit(self, acq: Acquisition, index: int, final: bool) -> None:
@@ -242,15 +243,14 @@ class Service:
         job = self._running
         if job is None or job.is_alive():
             return
-        acq, final = self._running_acq
-        self._running, self._running_acq = None, None
+        self._running = None
         if job.error is not None:
             raise job.error  # not an Exception (those the refit contains): never lost
         self.refits += 1
-        if final:
-            self.ingest.release(acq)
+        if job.final:
+            self.ingest.release(job.acquisition)
             self.finished += 1
-            self.emit(self.status(final=True, acq=acq))
+            self.emit(self.status(final=True, acq=job.acquisition))
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
@@ -262,7 +262,6 @@ class Service:
             try:
                 subscriber(header, arrays or {})
             except Exception:  # one failing subscriber must not starve the others or stop the service
-                self.publish_errors += 1
                 publish_log.exception("subscriber_failed", subscriber=type(subscriber).__name__,
                                       kind=header.kind)
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import zmq
 
+from edx_live.core.ingest import IngestOptions
+
 
 class Connection(Protocol):
     def open(self) -> None: ...
@@ -40,7 +42,7 @@ class ZmqConnection:
     """
 
     def __init__(self, address: str, kind: str = "pull", bind: bool = True, high_water_mark: int = 100,
-                 context: zmq.Context | None = None, max_message_bytes: int = 64 * 2**20):
+                 context: zmq.Context | None = None, max_message_bytes: int = IngestOptions.max_message_bytes):
         self.address, self.kind, self.bind, self.hwm = address, kind, bind, high_water_mark
         self.max_message_bytes = max_message_bytes
         self._context = context or zmq.Context.instance()

@@ -54,12 +54,6 @@ def _string(value):
     return value
 
 
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise ValueError(f"must be a boolean, got {type(value).__name__}")
-    return value
-
-
 def wire_int(**constraints):
     """An integer type with pydantic ``Field`` constraints (ge, le, gt...) that refuses bools and strings.
 
@@ -78,11 +72,6 @@ def wire_str(**constraints):
     """A string type with ``Field`` constraints (max_length, pattern) that refuses msgpack bin."""
     return Annotated[str, Field(**constraints), BeforeValidator(_string)]
 
-
-WireInt = wire_int()
-WireFloat = wire_float()
-WireStr = wire_str()
-WireBool = Annotated[bool, BeforeValidator(_boolean)]
 
 #: ``seq``, ``frame_index``, ``frames``: 0 .. MAX_INDEX.
 Index = wire_int(ge=0, le=MAX_INDEX)
