@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .calibration import calibrate_axis
 from .cliff_lorimer import Detector
 from .composition import Setup
 from .kfactors import USER_KFACTORS, missing_kfactors, require_kfactors
@@ -31,9 +32,10 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     start : edx_protocol.Start
     settings : edx_live.config.QuantifySettings
     offset_kev, scale_kev, channels : float, float, int
-        Energy axis of the accumulated cube.
+        Energy axis of the accumulated cube, as declared. With "axis" in ``settings.calibrate``
+        the setup's axis is calibrated on the peaks of ``total`` (:mod:`.calibration`).
     total : numpy.ndarray or None
-        Total spectrum, for proposing elements when none are named.
+        Total spectrum, for calibrating the axis and proposing elements when none are named.
     user_kfactors : mapping
         k-factors from the command line, configuration and table (empty: theoretical ones).
     user_source : str
@@ -42,6 +44,12 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     det = start.detectors[0]
     detector = Detector(start.beam_energy_kev, det.elevation_deg, det.azimuth_deg, det.energy_resolution_mnka_ev)
     xray_lines, elements, source = _named(start, settings)
+    axis = None
+    if "axis" in settings.calibrate and total is not None:
+        known = set(elements) | {line.partition("_")[0] for line in xray_lines}
+        axis = calibrate_axis(total, offset_kev, scale_kev, start.beam_energy_kev,
+                              resolution_ev=detector.resolution_ev or 130.0, elements=known)
+        offset_kev, scale_kev = axis.offset_kev, axis.scale_kev
     if not xray_lines and not elements:
         if not settings.propose_elements or total is None:
             raise SetupError("no elements: name them in the acquisition start, in [quantify] elements or with "
@@ -57,7 +65,7 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     named = [] if settings.fit_only_elements == "auto" else settings.fit_only_elements
     fit_only = tuple(sorted(set(named) - quantified))
     return Setup(offset_kev, scale_kev, channels, detector, tuple(lines), kfactors, kfactor_source, theoretical,
-                 fit_only, source)
+                 fit_only, source, axis)
 
 
 def with_peaks_of(setup: Setup, total: np.ndarray) -> Setup:
