@@ -106,7 +106,7 @@ def core_shell() -> None:
               "HyperSpy model fit, same pixels and range | same from 0.2 keV | HyperSpy windows, same pixels |")
         print("|---|---|---|---|---|---|---|")
         for workflow, wf in summary["workflows"].items():
-            core = max(wf["clusters"], key=lambda c: c["composition"]["Pt"]["atomic_percent"])
+            core = max(wf["clusters"], key=lambda c: c["composition"]["Pt"]["atomic_percent"] or 0.0)
             labels = hs.load(f"{out}/labels_{workflow}.hspy").data
             spectrum = hs.signals.Signal1D(binned.data[labels == core["label"]].sum(axis=0))
             spectrum = _like(original, spectrum)

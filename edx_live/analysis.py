@@ -52,7 +52,9 @@ def quantify_options(q) -> QuantifyOptions:
                            fit_range_kev=q.fit_range_kev, calibrate=tuple(q.calibrate),
                            recalibrate_growth=q.recalibrate_growth, replicas=q.replicas, bootstrap=q.bootstrap,
                            weighting=q.weighting, thickness_nm=q.absorption_thickness_nm,
-                           sublattice=tuple(q.sublattice), sublattice_exclude=tuple(q.sublattice_exclude))
+                           sublattice=tuple(q.sublattice), sublattice_exclude=tuple(q.sublattice_exclude),
+                           cluster_pixels=q.cluster_pixels, detection_sigma=q.detection_sigma,
+                           target_sigma=q.target_sigma_at)
 
 
 class Analyzer:
@@ -191,7 +193,8 @@ class Analyzer:
         t0 = time.perf_counter()
         # The quantifier numbers clusters by row; a tracked result's labels are ids, which may have gaps.
         quant = self._quantifier(snapshot.cube, row_labels(result), result.n_clusters, setup,
-                                 weights=result.confidence, total=total, random_state=0)
+                                 weights=result.confidence, total=total, random_state=0, frames=snapshot.frames,
+                                 seconds=snapshot.elapsed_s)
         seconds = time.perf_counter() - t0
         qlog.info("quantified", workflow=result.workflow, clusters=result.n_clusters, lines=list(setup.xray_lines),
                   intensities=quant.intensity_method, kfactors=setup.kfactor_source.partition(":")[0],
@@ -201,22 +204,32 @@ class Analyzer:
     def _setup(self, snapshot: Snapshot, total: np.ndarray) -> Setup:
         """The acquisition's lines and k-factors, worked out once per acquisition.
 
-        Proposed elements are proposed again at every refit, from more counts; with
+        Proposed elements are proposed again at every refit, from more counts, and the energy
+        axis is calibrated again when the counts have grown ``recalibrate_growth`` times; with
         ``fit_only_elements = "auto"`` the peaks of the total spectrum that are not
         quantified join the model as fit-only elements.
         """
         key = snapshot.start.acquisition_id
         q = self.settings.quantify
-        setup = self._setups.get("setup") if self._setups.get("key") == key else None
-        if setup is None or setup.elements_source.startswith("proposed"):
+        same = self._setups.get("key") == key
+        setup = self._setups.get("setup") if same else None
+        counts = float(total.sum())
+        grown = "axis" in q.calibrate and counts >= q.recalibrate_growth * self._setups.get("counts", 0.0)
+        if setup is None or setup.elements_source.startswith("proposed") or grown:
             setup = acquisition_setup(start=snapshot.start, settings=q, offset_kev=snapshot.offset_kev,
                                       scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1], total=total,
                                       user_kfactors=self._user_kfactors, user_source=self._user_source)
+            calibrated_at = counts
+        else:
+            calibrated_at = self._setups["counts"]
         if q.fit_only_elements == "auto":
             setup = with_peaks_of(setup, total)
         if self._setups.get("setup") != setup:
+            axis = setup.axis
             qlog.info("quantify_setup", acquisition_id=key, lines=list(setup.xray_lines), fit_only=setup.fit_only,
                       elements_source=setup.elements_source, kfactor_source=setup.kfactor_source,
-                      kfactors=setup.kfactors)
-        self._setups = {"key": key, "setup": setup}
+                      kfactors=setup.kfactors, axis_offset_kev=setup.offset_kev, axis_scale_kev=setup.scale_kev,
+                      axis_calibrated=None if axis is None else axis.applied,
+                      axis_lines=None if axis is None else list(axis.lines))
+        self._setups = {"key": key, "setup": setup, "counts": calibrated_at}
         return setup

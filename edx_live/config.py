@@ -133,8 +133,10 @@ class QuantifySettings(_Section):
     background_order: int = Field(6, ge=0, le=12, description="Polynomial background of the model.")
     fit_range_kev: tuple[float, float] | None = Field(
         None, description="Energy range of the model fit; None = 0.2 keV to 1 keV above the highest line.")
-    calibrate: list[Literal["resolution", "offset"]] = Field(
-        default_factory=lambda: ["resolution"], description="exspy calibrate_energy_axis steps on the total.")
+    calibrate: list[Literal["axis", "resolution", "offset"]] = Field(
+        default_factory=lambda: ["axis", "resolution"],
+        description="Calibrations on the total spectrum: energy axis offset and gain from its peaks, detector "
+                    "resolution, model energy offset.")
     recalibrate_growth: float = Field(2.0, gt=1, description="Recalibrate when the counts grew this much.")
     replicas: int = Field(64, ge=0, description="Poisson replicas for the counting uncertainty (0 = none).")
     bootstrap: int = Field(64, ge=0, description="Pixel-bootstrap samples for the spread (0 = none).")
@@ -145,6 +147,14 @@ class QuantifySettings(_Section):
     sublattice: list[str] = Field(default_factory=list, description="Entropy species; empty = all but excluded.")
     sublattice_exclude: list[str] = Field(
         default_factory=lambda: list(ANIONS), description="Left out of the entropy (anions).")
+    cluster_pixels: Literal["core", "all"] = Field(
+        "core", description="Measure each cluster on its core, away from boundaries (with the bias left in the "
+                            "sigma), or on all its pixels.")
+    detection_sigma: float = Field(
+        3.0, gt=0, le=10, description="A line is detected above this many counting sigma of its intensity.")
+    target_sigma_at: float = Field(
+        1.0, gt=0, le=50, description="The 1-sigma (at%) each detected element should reach: the time to it is "
+                                      "published with each composition.")
 
     @field_validator("kfactors", mode="before")
     @classmethod

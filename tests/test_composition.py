@@ -217,15 +217,19 @@ def test_model_is_reused_and_recalibrated_only_as_counts_grow():
     assert quantifier.model_ is not model and "Cu" in quantifier.model_.key.elements
 
 
-def test_absent_element_has_a_real_uncertainty():
+def test_absent_element_is_not_detected_with_a_real_limit():
     lines = ("Cr_Ka", "Fe_Ka", "Mn_Ka")
     spectrum = np.random.default_rng(6).poisson(phase_spectrum({"Fe": 80, "Cr": 20, "Mn": 0.0}, lines, 3e5,
                                                                kfactors=K))[None].astype(float)
     q = ClusterQuantifier(QuantifyOptions(calibrate=(), bootstrap=0))(spectrum, np.zeros(1, int), 1,
                                                                        setup_for(lines), random_state=0)
     mn = q.elements.index("Mn")
-    assert q.atomic_percent_sigma[0, mn] > 0.02
-    assert abs(q.atomic_percent[0, mn]) < 3 * q.atomic_percent_sigma[0, mn]
+    assert not q.detected[0, mn]
+    assert q.intensity.sigma_counting[0, mn] > 0  # the noise under its line is real...
+    assert 0.02 < q.detection_limit[0, mn] < 2.0  # ... and gives a limit, published instead of a number
+    published = q.clusters[0].elements["Mn"]
+    assert published.detected is False and published.atomic_percent is None
+    assert published.detection_limit_atomic_percent == pytest.approx(q.detection_limit[0, mn])
 
 
 def test_theoretical_kfactors_when_none_are_given():

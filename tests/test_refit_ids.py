@@ -80,7 +80,7 @@ def test_each_composition_describes_the_cluster_of_its_label(phantom, cube, work
         phases, votes = np.unique(truth[mask], return_counts=True)
         if votes.max() < 0.8 * mask.sum() or info.pixels < 20:
             continue  # a boundary or mixed cluster: its truth is not one phase
-        measured = {el: r.atomic_percent for el, r in comp.elements.items()}
+        measured = {el: r.atomic_percent if r.detected else 0.0 for el, r in comp.elements.items()}
         # The composition is nearest the truth of the phase its pixels belong to, by far.
         distance = [sum(abs(measured[el] - truth_c.get(el, 0.0)) for el in measured)
                     for truth_c in phantom.compositions]

@@ -30,6 +30,8 @@ class Snapshot:
         Index of this refit within the acquisition.
     final : bool
         True for the refit after the acquisition stopped.
+    elapsed_s : float or None
+        Seconds from the acquisition's start to the snapshot, when the caller knows them.
     """
 
     start: Start
@@ -41,16 +43,19 @@ class Snapshot:
     counts: int
     refit: int
     final: bool
+    elapsed_s: float | None = None
 
     def described(self) -> "Snapshot":
         """This snapshot without its cube: what results keep, so the cube's memory is freed after the refit."""
         return replace(self, cube=None)
 
 
-def take_snapshot(acq: Acquisition, bin_factor: int, refit: int, final: bool) -> Snapshot:
+def take_snapshot(acq: Acquisition, bin_factor: int, refit: int, final: bool,
+                  elapsed_s: float | None = None) -> Snapshot:
     """Bin the acquisition's cube now; frames and counts are read first so the cube holds at least them."""
     acc = acq.accumulator
     frames, counts = acq.frames, acc.counts
     cube = acc.binned(bin_factor)
     sel = acc.selection
-    return Snapshot(acq.start, cube, bin_factor, sel.offset_kev, sel.scale_kev, frames, counts, refit, final)
+    return Snapshot(acq.start, cube, bin_factor, sel.offset_kev, sel.scale_kev, frames, counts, refit, final,
+                    elapsed_s)

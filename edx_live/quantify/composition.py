@@ -25,8 +25,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
-from edx_protocol import ClusterComposition, ElementResult
+from edx_protocol import ClusterComposition, ElementResult, TimeToTarget
 
+from .calibration import AxisCalibration
+from .cores import BIAS_FRACTION, Cores, bias, cores
 from .cliff_lorimer import Detector, Windows, describe_intensities, weight_fractions, window_intensities
 from .entropy import ANIONS, configurational_entropy, sublattice
 from .kfactors import USER_KFACTORS, require_kfactors
@@ -55,7 +57,8 @@ class QuantifyOptions:
         None: from 2 keV below the lowest quantified line (at least 0.2 keV) to 1 keV above the
         highest line of the quantified elements.
     calibrate : tuple of str
-        exspy ``calibrate_energy_axis`` steps run on the total spectrum ("resolution", "offset").
+        Calibrations on the total spectrum: "axis" (offset and gain from its peaks, done when the
+        setup is made, :mod:`.calibration`), "resolution" and "offset" (the model's, by exspy's rules).
     recalibrate_growth : float
         Recalibrate when the counts have grown by this factor since the last calibration.
     windows : Windows
@@ -68,6 +71,14 @@ class QuantifyOptions:
         Elements left out of the configurational entropy (anions).
     sublattice : tuple of str
         If given, exactly the species of the entropy (overrides ``sublattice_exclude``).
+    cluster_pixels : {"core", "all"}
+        Measure each cluster on its core, away from boundaries (:mod:`.cores`), with the bias
+        that remains in the sigma; or on all its pixels.
+    detection_sigma : float
+        An element is detected in a cluster when its line intensity exceeds this many
+        counting sigma of the intensity (the background under the line, carried through the fit).
+    target_sigma : float
+        at%: the 1-sigma every detected element should reach (:func:`time_to_target`).
     """
 
     intensities: Literal["model", "windows"] = "model"
@@ -83,6 +94,9 @@ class QuantifyOptions:
     thickness_nm: float | None = None
     sublattice_exclude: tuple[str, ...] = ANIONS
     sublattice: tuple[str, ...] = ()
+    cluster_pixels: Literal["core", "all"] = "core"
+    detection_sigma: float = 3.0
+    target_sigma: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,7 @@ class Setup:
     kfactors_theoretical: bool = False
     fit_only: tuple[str, ...] = ()
     elements_source: str = "acquisition start"
+    axis: AxisCalibration | None = None
 
     @property
     def elements(self) -> tuple[str, ...]:
@@ -107,12 +122,35 @@ class Setup:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A quantity measured on every cluster: value and its 1-sigma parts, shape (n_clusters, ...)."""
+    """A quantity measured on every cluster: value and its 1-sigma parts, shape (n_clusters, ...).
+
+    ``sigma`` = sqrt(counting**2 + spread**2 + bias**2); ``sigma_bias`` is 0 where no bias was judged.
+    """
 
     value: np.ndarray
     sigma: np.ndarray
     sigma_counting: np.ndarray
     sigma_spread: np.ndarray
+    sigma_bias: np.ndarray | None = None
+
+    def with_misfit(self, birge: np.ndarray) -> "Estimate":
+        """The counting part multiplied by ``birge``: per cluster and line (n_clusters, n_lines) for per-line
+        quantities, its largest value per cluster for per-cluster ones (entropy)."""
+        factor = np.asarray(birge, dtype=np.float64)
+        if self.value.ndim == 1:
+            factor = factor.max(axis=-1)
+        counting = self.sigma_counting * factor
+        with np.errstate(invalid="ignore"):
+            sigma = np.sqrt(np.nan_to_num(counting) ** 2 + np.nan_to_num(self.sigma_spread) ** 2
+                            + (0 if self.sigma_bias is None else self.sigma_bias ** 2))
+        return replace(self, sigma=np.where(np.isfinite(self.sigma), sigma, np.nan), sigma_counting=counting)
+
+    def with_bias(self, reference: "Estimate") -> "Estimate":
+        """This estimate with the bias part judged against ``reference`` (the same quantity on wider pixels)."""
+        b = BIAS_FRACTION * bias(self.value, self.sigma, reference.value, reference.sigma)
+        with np.errstate(invalid="ignore"):
+            sigma = np.sqrt(self.sigma ** 2 + b ** 2)
+        return replace(self, sigma=sigma, sigma_bias=b)
 
 
 def estimate(values: np.ndarray, samples: ClusterSamples) -> Estimate:
@@ -145,7 +183,13 @@ def _spread(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Quantification:
-    """Compositions of every cluster; per-line arrays are (n_clusters, n_lines) in ``xray_lines`` order."""
+    """Compositions of every cluster; per-line arrays are (n_clusters, n_lines) in ``xray_lines`` order.
+
+    ``pixels`` are the clusters' pixels; ``core_pixels`` those each composition was measured on
+    (``pixel_level``: "core", "interior" or "all", :mod:`.cores`). ``detected`` is False where a
+    line's intensity is below ``detection_sigma`` counting sigma; ``detection_limit`` is the at%
+    that would reach it. ``time_to_target`` holds one :class:`TargetTime` per cluster.
+    """
 
     xray_lines: tuple[str, ...]
     elements: tuple[str, ...]
@@ -166,6 +210,12 @@ class Quantification:
     bootstrap: int
     thickness_nm: float | None = None
     fit: dict = field(default_factory=dict)
+    core_pixels: np.ndarray | None = None
+    pixel_level: tuple[str, ...] = ()
+    detected: np.ndarray | None = None
+    detection_limit: np.ndarray | None = None
+    time_to_target: tuple["TargetTime", ...] = ()
+    target_sigma: float | None = None
 
     @property
     def atomic_percent(self) -> np.ndarray:
@@ -184,16 +234,129 @@ class Quantification:
         """The protocol's per-cluster documents (labels are row indices); NaN becomes None."""
         return [ClusterComposition(
             label=i, pixels=int(self.pixels[i]), elements={el: self._element(i, j) for j, el in enumerate(self.elements)},
-            entropy_r=_or_none(self.entropy.value[i]), entropy_r_sigma=_or_none(self.entropy.sigma[i]))
+            entropy_r=_or_none(self.entropy.value[i]), entropy_r_sigma=_or_none(self.entropy.sigma[i]),
+            core_pixels=None if self.core_pixels is None else int(self.core_pixels[i]),
+            pixel_level=self.pixel_level[i] if self.pixel_level else None,
+            time_to_target=self.time_to_target[i].document() if self.time_to_target else None)
             for i in range(len(self.pixels))]
 
     def _element(self, i: int, j: int) -> ElementResult:
         a, w, n = self.atomic, self.weight, self.intensity
+        limit = None if self.detection_limit is None else _or_none(self.detection_limit[i, j])
+        if self.detected is not None and not self.detected[i, j]:
+            return ElementResult(atomic_percent=None, atomic_percent_sigma=None, detected=False,
+                                 detection_limit_atomic_percent=limit,
+                                 intensity=_or_none(n.value[i, j]), intensity_sigma=_or_none(n.sigma_counting[i, j]))
         return ElementResult(atomic_percent=_or_none(a.value[i, j]), atomic_percent_sigma=_or_none(a.sigma[i, j]),
                              atomic_percent_sigma_counting=_or_none(a.sigma_counting[i, j]),
                              atomic_percent_sigma_spread=_or_none(a.sigma_spread[i, j]),
+                             atomic_percent_sigma_bias=None if a.sigma_bias is None else _or_none(a.sigma_bias[i, j]),
                              weight_percent=_or_none(w.value[i, j]), weight_percent_sigma=_or_none(w.sigma[i, j]),
-                             intensity=_or_none(n.value[i, j]), intensity_sigma=_or_none(n.sigma_counting[i, j]))
+                             intensity=_or_none(n.value[i, j]), intensity_sigma=_or_none(n.sigma_counting[i, j]),
+                             detection_limit_atomic_percent=limit)
+
+
+@dataclass(frozen=True)
+class TargetTime:
+    """How much longer a cluster must be acquired until every detected element's sigma reaches the target.
+
+    Counting sigma falls as 1/sqrt(counts); the spread and bias parts do not fall with dose,
+    so a target below them is not reachable by acquiring longer (``reachable`` False).
+
+    Attributes
+    ----------
+    target : float
+        at%.
+    factor : float
+        Counts needed over counts now (1 when reached, inf when unreachable, NaN when unknown).
+    limiting : str or None
+        The element that needs the most.
+    frames, counts : int
+        Sweeps and counts of the acquisition now.
+    seconds : float or None
+        Acquisition time so far, when known.
+    """
+
+    target: float
+    factor: float
+    limiting: str | None
+    frames: int = 0
+    seconds: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return bool(self.factor <= 1.0)
+
+    @property
+    def reachable(self) -> bool:
+        return bool(np.isfinite(self.factor))
+
+    def document(self) -> TimeToTarget:
+        more = self.factor - 1 if self.reachable else None
+        sweeps = None if more is None or not self.frames else max(0.0, more * self.frames)
+        seconds = None if sweeps is None or self.seconds is None else sweeps * self.seconds / self.frames
+        return TimeToTarget(target_sigma_atomic_percent=self.target, reached=self.reached,
+                            reachable=self.reachable, limiting_element=self.limiting,
+                            counts_factor=_or_none(self.factor), sweeps=_or_none(sweeps), seconds=_or_none(seconds))
+
+
+def time_to_target(atomic: Estimate, detected: np.ndarray, elements: Sequence[str], target: float,
+                   frames: int = 0, seconds: float | None = None) -> tuple[TargetTime, ...]:
+    """Per cluster, the dose factor until every detected element's sigma is at most ``target`` at%.
+
+    With c, s, b the counting, spread and bias parts of an element's sigma, acquiring f times
+    the counts gives sqrt(c**2 / f + s**2 + b**2); f = c**2 / (target**2 - s**2 - b**2), infinite
+    when s**2 + b**2 >= target**2.
+    """
+    out = []
+    for i in range(atomic.value.shape[0]):
+        factors = {}
+        for j, element in enumerate(elements):
+            c = atomic.sigma_counting[i, j]
+            if not detected[i, j] or not np.isfinite(c):
+                continue
+            s = np.nan_to_num(atomic.sigma_spread[i, j])
+            b = 0.0 if atomic.sigma_bias is None else np.nan_to_num(atomic.sigma_bias[i, j])
+            room = target ** 2 - s ** 2 - b ** 2
+            factors[element] = float(c ** 2 / room) if room > 0 else np.inf
+        if factors:
+            limiting = max(factors, key=factors.get)
+            out.append(TargetTime(target, factors[limiting], limiting, frames, seconds))
+        else:
+            out.append(TargetTime(target, np.nan, None, frames, seconds))
+    return tuple(out)
+
+
+def _atomic(wt: np.ndarray, elements: list[str]) -> np.ndarray:
+    """Atomic fractions from weight fractions (..., n_elements), with exspy's weight_to_atomic."""
+    from exspy.material import weight_to_atomic
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # exspy's conversion returns percent, normalised to 100
+        return np.moveaxis(np.asarray(weight_to_atomic(np.moveaxis(wt, -1, 0), elements)), 0, -1) / 100
+
+
+def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[float], detector: Detector,
+              elements: Sequence[str], sigmas: float, thickness_nm: float | None = None):
+    """(detected, detection limit in at%) per cluster and line.
+
+    A line is detected when its fitted intensity exceeds ``sigmas`` times its counting sigma
+    (the noise of the background and of the overlapping lines under it, carried through the
+    fit by the Poisson replicas, scaled by the fit's misfit under the line). The limit is the at% the element would have if its line
+    held exactly that many counts, the other lines as measured (Cliff-Lorimer).
+    """
+    value = intensity.value
+    threshold = sigmas * intensity.sigma_counting
+    with np.errstate(invalid="ignore"):
+        detected = ~(value < threshold)  # NaN (unknown) counts as detected: nothing to say it is not
+    limit = np.full(value.shape, np.nan)
+    present = np.where(detected, np.clip(value, 0, None), 0.0)  # the lines that are there, as measured
+    for j in range(value.shape[-1]):
+        at_limit = present.copy()
+        at_limit[..., j] = np.where(np.isfinite(threshold[..., j]), np.clip(threshold[..., j], 0, None), np.nan)
+        wt = weight_fractions(at_limit, list(lines), kfactors, detector, thickness_nm)
+        limit[..., j] = np.clip(100 * _atomic(wt, list(elements))[..., j], 0, 100)
+    return detected, limit
 
 
 def _or_none(value) -> float | None:
@@ -253,18 +416,21 @@ class ClusterQuantifier:
             self.calibrated_counts_ = 0.0
             self.calibration_ = {}
         counts = float(np.sum(total))
-        if o.calibrate and counts >= o.recalibrate_growth * max(self.calibrated_counts_, 1.0):
-            self.calibration_ = self.model_.calibrate(total, o.calibrate)
+        steps = [step for step in o.calibrate if step != "axis"]  # the axis is the setup's
+        if steps and counts >= o.recalibrate_growth * max(self.calibrated_counts_, 1.0):
+            self.calibration_ = self.model_.calibrate(total, steps)
             self.calibrated_counts_ = counts
         return self.model_
 
     def __call__(self, cube: np.ndarray, labels: np.ndarray, n_clusters: int, setup: Setup,
                  weights: np.ndarray | None = None, total: np.ndarray | None = None,
-                 random_state=None) -> Quantification:
+                 random_state=None, frames: int = 0, seconds: float | None = None) -> Quantification:
         """Quantify every cluster of ``labels`` over ``cube`` (rows, columns, channels) or (pixels, channels).
 
         ``weights`` (membership per pixel) is used when the options ask for membership weighting.
-        ``total`` is the cube's total spectrum, if the caller has it already.
+        ``total`` is the cube's total spectrum, if the caller has it already. ``frames`` and
+        ``seconds`` (sweeps and acquisition time so far) turn the time to the target sigma into
+        sweeps and seconds.
         """
         o = self.options
         require_kfactors(setup.xray_lines, setup.kfactors)
@@ -277,42 +443,83 @@ class ClusterQuantifier:
             if total is None:
                 total = np.asarray(cube).reshape(-1, cube.shape[-1]).sum(axis=0, dtype=np.float64)
             model = self.model(setup, total)
-        samples = cluster_samples(cube, labels, n_clusters, weights=use, replicas=o.replicas, bootstrap=o.bootstrap,
-                                  blocks=o.blocks, channels=model.channels if model else slice(None),
-                                  random_state=random_state)
-        return self._quantify(samples, setup, model)
+        rng = np.random.default_rng(random_state)
+        kw = dict(weights=use, replicas=o.replicas, bootstrap=o.bootstrap, blocks=o.blocks,
+                  channels=model.channels if model else slice(None), random_state=rng)
+        lab = np.asarray(labels)
+        pixels = np.bincount(lab[lab >= 0].ravel(), minlength=n_clusters)[:n_clusters]
+        chosen = cores(lab, n_clusters, use) if o.cluster_pixels == "core" else None
+        samples = cluster_samples(cube, lab if chosen is None else chosen.measured, n_clusters, **kw)
+        reference = None if chosen is None else cluster_samples(cube, chosen.reference, n_clusters, **kw)
+        return self._quantify(samples, setup, model, pixels, chosen, reference, frames, seconds)
 
-    def _quantify(self, samples: ClusterSamples, setup: Setup, model: LineModel | None) -> Quantification:
+    def _intensities(self, samples: ClusterSamples, setup: Setup, model: LineModel | None):
+        """(line intensities of every sample, background windows or None)."""
+        if model is not None:
+            return model.intensities(samples.stack), None
+        windows, intensities = window_intensities(samples.stack, list(setup.xray_lines), setup.offset_kev,
+                                                  setup.scale_kev, setup.detector, self.options.windows)
+        return intensities, windows
+
+    def _fractions(self, intensities: np.ndarray, setup: Setup, detected: np.ndarray):
+        """(wt fractions, at fractions, entropy) of every sample, lines not detected in a cluster left out."""
         o = self.options
         lines = list(setup.xray_lines)
+        kept = np.where(detected[:, None, :], intensities, 0.0)
+        wt = weight_fractions(kept, lines, require_kfactors(lines, setup.kfactors), setup.detector, o.thickness_nm)
+        at = _atomic(wt, list(setup.elements))
+        species = sublattice(list(setup.elements), o.sublattice, o.sublattice_exclude)
+        return wt, at, configurational_entropy(at, list(setup.elements), species)
+
+    def _quantify(self, samples: ClusterSamples, setup: Setup, model: LineModel | None, pixels: np.ndarray,
+                  chosen: Cores | None, reference: ClusterSamples | None, frames: int,
+                  seconds: float | None) -> Quantification:
+        o = self.options
+        lines = list(setup.xray_lines)
+        elements = list(setup.elements)
+        intensities, windows = self._intensities(samples, setup, model)
         if model is not None:
-            intensities = model.intensities(samples.stack)
             fit = {"elements": list(model.key.elements), "order": o.background_order,
                    "range": "{:.2f}..{:.2f} keV".format(*model.key.fit_range_kev),
                    "resolution_ev": model.resolution_ev, "offset_kev": model.offset_kev,
                    "calibration_rejected": self.calibration_.get("rejected", [])}
         else:
-            bw, intensities = window_intensities(samples.stack, lines, setup.offset_kev, setup.scale_kev,
-                                                 setup.detector, o.windows)
-            fit = {"background_windows_kev": bw.tolist()}
+            fit = {"background_windows_kev": windows.tolist()}
+        if setup.axis is not None:
+            fit.update(setup.axis.published())
+        intensity = estimate(intensities, samples)
+        if model is not None:
+            # Counting noise alone does not explain a fit that misses a line: scale it by the line's Birge ratio.
+            birge = np.sqrt(np.clip(model.reduced_chi2(samples.stack[:, 0]), 1.0, None))
+            intensity = intensity.with_misfit(birge)
+            fit["reduced_chi2"] = np.round(birge ** 2, 3).tolist()
+        detected, limit = detection(intensity, lines, require_kfactors(lines, setup.kfactors), setup.detector,
+                                    elements, o.detection_sigma, o.thickness_nm)
+        wt, at, entropy = self._fractions(intensities, setup, detected)
+        atomic, weight = estimate(100 * at, samples), estimate(100 * wt, samples)
+        entropy_estimate = estimate(entropy, samples)
+        if model is not None:
+            atomic, weight = atomic.with_misfit(birge), weight.with_misfit(birge)
+            entropy_estimate = entropy_estimate.with_misfit(birge)
+        if reference is not None:
+            ref_wt, ref_at, ref_entropy = self._fractions(self._intensities(reference, setup, model)[0], setup,
+                                                          detected)
+            atomic = atomic.with_bias(estimate(100 * ref_at, reference))
+            weight = weight.with_bias(estimate(100 * ref_wt, reference))
+            entropy_estimate = entropy_estimate.with_bias(estimate(ref_entropy, reference))
         factors = require_kfactors(lines, setup.kfactors)
-        wt = weight_fractions(intensities, lines, factors, setup.detector, o.thickness_nm)
-        from exspy.material import weight_to_atomic
-
-        elements = list(setup.elements)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # exspy's conversion returns percent, normalised to 100
-            at = np.moveaxis(np.asarray(weight_to_atomic(np.moveaxis(wt, -1, 0), elements)), 0, -1) / 100
-        species = sublattice(elements, o.sublattice, o.sublattice_exclude)
-        entropy = configurational_entropy(at, elements, species)
         return Quantification(
             xray_lines=tuple(lines), elements=tuple(elements), kfactors=dict(zip(lines, factors)),
             kfactor_source=setup.kfactor_source, kfactors_theoretical=setup.kfactors_theoretical,
-            atomic=estimate(100 * at, samples), weight=estimate(100 * wt, samples),
-            intensity=estimate(intensities, samples), entropy=estimate(entropy, samples),
-            entropy_species=tuple(species), pixels=samples.pixels, weighting=o.weighting, intensity_method=o.intensities,
-            method=self.describe(model, fit), elements_source=setup.elements_source, replicas=o.replicas,
-            bootstrap=o.bootstrap, thickness_nm=o.thickness_nm, fit=fit)
+            atomic=atomic, weight=weight, intensity=intensity, entropy=entropy_estimate,
+            entropy_species=tuple(sublattice(elements, o.sublattice, o.sublattice_exclude)), pixels=pixels,
+            weighting=o.weighting, intensity_method=o.intensities, method=self.describe(model, fit),
+            elements_source=setup.elements_source, replicas=o.replicas, bootstrap=o.bootstrap,
+            thickness_nm=o.thickness_nm, fit=fit, core_pixels=samples.pixels,
+            pixel_level=tuple(chosen.level) if chosen is not None else ("all",) * len(pixels),
+            detected=detected, detection_limit=limit,
+            time_to_target=time_to_target(atomic, detected, elements, o.target_sigma, frames, seconds),
+            target_sigma=o.target_sigma)
 
     def describe(self, model: LineModel | None, fit: dict) -> str:
         """The published ``method``: intensities, Cliff-Lorimer, absorption, uncertainty and weighting."""
@@ -323,8 +530,15 @@ class ClusterQuantifier:
                                         else "(exspy's C_i = k_i I_i / sum k_j I_j, no absorption correction)")
                  + ", wt% to at% with exspy.material.weight_to_atomic")
         text += (f"; 1-sigma combines counting statistics ({o.replicas} Poisson replicas of each cluster "
-                 f"spectrum through the fit) and the spread inside the cluster ({o.bootstrap} bootstrap "
+                 "spectrum through the fit, scaled by the square root of the fit's reduced chi-square under the "
+                 f"lines when above 1), the spread inside the cluster ({o.bootstrap} bootstrap "
                  "resamplings of its pixels, beyond what counting explains)")
+        if o.cluster_pixels == "core":
+            text += (f" and the bias left by boundary pixels ({BIAS_FRACTION:g} x the change from the next wider "
+                     "pixels, beyond noise); each cluster measured on its core (pixels whose 3x3 neighbourhood is "
+                     "in the cluster), else its interior, else all its pixels")
+        text += (f"; a line below {o.detection_sigma:g} counting sigma of its intensity is not detected and left "
+                 "out of the cluster's Cliff-Lorimer sum")
         weighting = ("pixels weighted by their membership (GMM posterior or HDBSCAN membership strength)"
                      if o.weighting == "membership" else "hard cluster masks")
         return text + f"; cluster spectra from {weighting}."

@@ -143,6 +143,35 @@ class LineModel:
         """Fitted areas (counts) of the quantified lines, (..., n_lines) in ``key.xray_lines`` order."""
         return np.asarray(spectra[..., self.channels], dtype=np.float64) @ self.line_projection_.T
 
+    def reduced_chi2(self, spectra: np.ndarray) -> np.ndarray:
+        """Chi-square per channel of the fit of each spectrum under each quantified line, (..., n_lines).
+
+        For each line of ``key.xray_lines``, the channels within one FWHM of any line of its
+        family count. Poisson variance is taken as the fitted counts (at least 1). Above 1, the
+        model does not describe that line within counting noise (line shapes, the background
+        under it, an unmodelled peak nearby).
+        """
+        y = np.asarray(spectra, dtype=np.float64)[..., self.channels]
+        fit = (y @ self.projection_.T) @ self.design_.T
+        terms = (y - fit) ** 2 / np.maximum(fit, 1.0)
+        masks = self._under_lines()
+        return np.stack([np.mean(terms[..., m], axis=-1) for m in masks], axis=-1)
+
+    def _under_lines(self) -> list[np.ndarray]:
+        """Per quantified line: channels of the fit range within one FWHM of a line of its family."""
+        m = self._model
+        energy = m.signal.axes_manager[-1].axis
+        out = []
+        for line in self.key.xray_lines:
+            element, _, name = line.partition("_")
+            under = np.zeros(energy.size, dtype=bool)
+            for component in [*m.xray_lines, *m.family_lines]:
+                other, _, other_name = component.name.partition("_")
+                if other == element and other_name[0] == name[0]:
+                    under |= np.abs(energy - component.centre.value) <= component.fwhm
+            out.append(under if under.any() else np.ones(energy.size, dtype=bool))
+        return out
+
     def fitted(self, spectrum: np.ndarray) -> np.ndarray:
         """The fitted model of one spectrum over the fit range."""
         return self.design_ @ self.parameters(spectrum)

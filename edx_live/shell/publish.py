@@ -98,11 +98,36 @@ def format_document(header) -> str:
     lines = [f"[{header.workflow}] composition, refit {header.refit} ({header.method.split(' (')[0]}; "
              f"k-factors: {header.kfactor_source}; {header.quantify_s:.2f} s)"]
     for c in header.clusters:
-        parts = [f"{el} {r.atomic_percent:5.1f}" + (f"±{r.atomic_percent_sigma:.1f}"
-                                                    if r.atomic_percent_sigma is not None else "")
-                 for el, r in c.elements.items()]
-        lines.append(f"    cluster {c.label} ({c.pixels}px): " + ", ".join(parts) + " at%")
+        parts = [_element_text(el, r) for el, r in c.elements.items()]
+        where = f", {c.pixel_level} {c.core_pixels}px" if c.pixel_level not in (None, "all") else ""
+        lines.append(f"    cluster {c.label} ({c.pixels}px{where}): " + ", ".join(parts) + " at%"
+                     + _target_text(c.time_to_target))
     return "\n".join(lines)
+
+
+def _element_text(element: str, r) -> str:
+    if not r.detected:
+        limit = f"<{r.detection_limit_atomic_percent:.1f}" if r.detection_limit_atomic_percent is not None else ""
+        return f"{element} n.d.{limit}"
+    if r.atomic_percent is None:
+        return f"{element} ?"
+    sigma = f"±{r.atomic_percent_sigma:.1f}" if r.atomic_percent_sigma is not None else ""
+    return f"{element} {r.atomic_percent:5.1f}{sigma}"
+
+
+def _target_text(t) -> str:
+    """The time to the target sigma, in words."""
+    if t is None or t.limiting_element is None:
+        return ""
+    goal = f"±{t.target_sigma_atomic_percent:g}"
+    if t.reached:
+        return f"; {goal} reached"
+    if not t.reachable:
+        return f"; {goal} not reachable ({t.limiting_element}: spread or bias)"
+    when = f"{t.sweeps:.0f} more sweeps" if t.sweeps is not None else f"x{t.counts_factor:.1f} counts"
+    if t.seconds is not None:
+        when += f", {t.seconds:.0f} s"
+    return f"; {goal} in {when} ({t.limiting_element})"
 
 
 class ConsolePrinter:

@@ -100,6 +100,7 @@ class Service:
         self._last_refit_at = 0.0
         self._frames_at_refit: dict[str, int] = {}
         self._counts_at_refit: dict[str, int] = {}
+        self._clock: dict[str, list[float]] = {}  # acquisition id -> [started at, stopped at]
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -174,9 +175,12 @@ class Service:
                 log.warning("acquisition_replaced", acquisition_id=replaced.acquisition_id,
                             frames=replaced.frames, counts=replaced.accumulator.counts)
             self._last_refit_at = time.monotonic()
+            self._clock = {aid: t for aid, t in self._clock.items() if aid in self._open_ids()}
+            self._clock[acq.acquisition_id] = [self._last_refit_at]
             self.emit_status()
         elif outcome.kind == "stop":
             acq = self.ingest.current
+            self._clock.setdefault(acq.acquisition_id, [time.monotonic()]).append(time.monotonic())
             log.info("acquisition_stop", acquisition_id=outcome.acquisition_id, frames=acq.frames,
                      counts=acq.accumulator.counts, reason=acq.stop_reason, missing=acq.missing)
             if acq.stop_frames != acq.frames:
@@ -220,7 +224,7 @@ class Service:
     def _refit(self, acq: Acquisition, index: int, final: bool) -> None:
         t0 = time.perf_counter()
         try:
-            snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final)
+            snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final, self._elapsed(acq))
             for header, arrays in (self.analyze(snapshot) if snapshot.counts else ()):
                 self.emit(header, arrays)  # each as soon as the refit yields it
         except Exception:  # contained: the next refit, and the acquisition, go on
@@ -231,6 +235,16 @@ class Service:
             self.last_refit_s = time.perf_counter() - t0
         refit_log.info("refit_done", acquisition_id=acq.acquisition_id, refit=index, final=final,
                        frames=snapshot.frames, counts=snapshot.counts, seconds=round(self.last_refit_s, 3))
+
+    def _elapsed(self, acq: Acquisition) -> float | None:
+        """Seconds the acquisition has been acquiring (up to its stop), None if its start was not seen."""
+        clock = self._clock.get(acq.acquisition_id)
+        if not clock:
+            return None
+        return (clock[1] if len(clock) > 1 else time.monotonic()) - clock[0]
+
+    def _open_ids(self) -> set[str]:
+        return {a.acquisition_id for a in [self.ingest.current, *self.ingest.pending] if a is not None}
 
     @staticmethod
     def _warm(warm_up) -> None:

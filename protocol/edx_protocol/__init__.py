@@ -28,6 +28,7 @@ from .results import (
     ElementResult,
     Gaps,
     Status,
+    TimeToTarget,
     topic_for,
 )
 from .version import PROTOCOL_VERSION
@@ -36,7 +37,7 @@ __all__ = [
     "PROTOCOL_VERSION", "VELOX_NEXT_PIXEL", "NOISE_LABEL", "WORKFLOWS",
     "AcquisitionMessage", "ArrayDescriptor", "DenseFrame", "Detector", "EnergyAxis", "EventsFrame",
     "Start", "Stop", "VeloxFrame", "Status", "Clusters", "ClusterInfo", "Composition",
-    "ClusterComposition", "ElementResult", "Gaps", "Decoded", "ProtocolError",
+    "ClusterComposition", "ElementResult", "TimeToTarget", "Gaps", "Decoded", "ProtocolError",
     "decode", "decode_result", "describe", "encode", "topic_for",
     "RULES", "DocumentChecker", "Inconsistency", "check_document",
 ]

@@ -21,6 +21,7 @@ from .results import (
     Clusters,
     Composition,
     ElementResult,
+    TimeToTarget,
     Gaps,
     Status,
     topic_for,
@@ -142,16 +143,26 @@ def _clusters() -> Example:
 
 def _composition() -> Example:
     clusters = [
-        ClusterComposition(label=0, pixels=2, entropy_r=0.692, entropy_r_sigma=0.004, elements={
+        ClusterComposition(label=0, pixels=2, core_pixels=2, pixel_level="core", entropy_r=0.692,
+                           entropy_r_sigma=0.004, elements={
             "Fe": ElementResult(atomic_percent=52.5, atomic_percent_sigma=3.25, intensity=1200.0,
                                 atomic_percent_sigma_counting=3.0, atomic_percent_sigma_spread=1.25,
+                                atomic_percent_sigma_bias=0.0, detection_limit_atomic_percent=1.5,
                                 weight_percent=24.0, weight_percent_sigma=2.0, intensity_sigma=40.0),
             "Pt": ElementResult(atomic_percent=47.5, atomic_percent_sigma=3.25, intensity=3100.0,
                                 atomic_percent_sigma_counting=3.0, atomic_percent_sigma_spread=1.25,
-                                weight_percent=76.0, weight_percent_sigma=2.0, intensity_sigma=60.0)}),
+                                atomic_percent_sigma_bias=0.0, detection_limit_atomic_percent=2.25,
+                                weight_percent=76.0, weight_percent_sigma=2.0, intensity_sigma=60.0)},
+                           time_to_target=TimeToTarget(target_sigma_atomic_percent=1.0, reached=False,
+                                                       reachable=True, limiting_element="Fe", counts_factor=9.0,
+                                                       sweeps=24.0, seconds=12.0)),
         ClusterComposition(label=1, pixels=3, elements={
             "Fe": ElementResult(atomic_percent=90.0, atomic_percent_sigma=None, intensity=800.0),
             "Pt": ElementResult(atomic_percent=10.0, atomic_percent_sigma=None, intensity=95.0)}),
+        ClusterComposition(label=2, pixels=1, core_pixels=1, pixel_level="all", elements={
+            "Fe": ElementResult(atomic_percent=None, atomic_percent_sigma=None, intensity=4.0, intensity_sigma=2.5,
+                                detected=False, detection_limit_atomic_percent=3.5),
+            "Pt": ElementResult(atomic_percent=99.0, atomic_percent_sigma=0.5, intensity=95.0)}),
     ]
     header = Composition(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=22, final=True,
                          workflow="umap-hdbscan", refit=2, quantify_s=0.125,
@@ -162,8 +173,9 @@ def _composition() -> Example:
                          kfactors_theoretical=False, weighting="membership", elements_source="acquisition start",
                          entropy_species=["Fe", "Pt"], absorption_thickness_nm=None,
                          fit={"elements": ["Fe", "Pt"], "range": "0.20..13.94 keV", "resolution_ev": 131.5})
-    return Example("composition", "Final umap-hdbscan composition of 2 clusters; cluster 1 without "
-                                  "uncertainties.", header, {}, topic_for("composition", "umap-hdbscan"))
+    return Example("composition", "Final umap-hdbscan composition of 3 clusters: cluster 0 measured on its "
+                                  "core, with the time to a 1 at% sigma; cluster 1 without uncertainties; in "
+                                  "cluster 2 Fe is not detected.", header, {}, topic_for("composition", "umap-hdbscan"))
 
 
 def result_examples() -> list[Example]:

@@ -137,6 +137,29 @@ class ElementResult(_Model):
     weight_percent: float | None = Field(default=None, description="Composition, in weight percent.")
     weight_percent_sigma: float | None = Field(default=None, description="1-sigma of weight_percent.")
     intensity_sigma: float | None = Field(default=None, description="Counting 1-sigma of the intensity.")
+    atomic_percent_sigma_bias: float | None = Field(
+        default=None, description="Part of the 1-sigma from the pixels the composition was measured on: the change "
+                                  "between the cluster's core and its wider pixels beyond what noise explains.")
+    detected: bool = Field(
+        default=True, description="False when the line's intensity is below the detection threshold in this "
+                                  "cluster; atomic_percent and its sigmas are then None.")
+    detection_limit_atomic_percent: float | None = Field(
+        default=None, ge=0, description="The at% at which the line would reach the detection threshold "
+                                        "(3 counting sigma of the intensity, by default), other lines as measured.")
+
+
+class TimeToTarget(_Model):
+    """How much longer to acquire until every detected element's 1-sigma reaches a target."""
+
+    target_sigma_atomic_percent: float = Field(gt=0, description="The target 1-sigma, in at%.")
+    reached: bool = Field(description="Every detected element's sigma is at most the target now.")
+    reachable: bool = Field(description="False when the spread or bias parts alone exceed the target: "
+                                        "acquiring longer does not get there.")
+    limiting_element: str | None = Field(default=None, description="The element that needs the most counts.")
+    counts_factor: float | None = Field(
+        default=None, ge=0, description="Counts needed over counts now (counting sigma falls as 1/sqrt(counts)).")
+    sweeps: float | None = Field(default=None, ge=0, description="Sweeps still needed at the current dose per sweep.")
+    seconds: float | None = Field(default=None, ge=0, description="Seconds still needed at the current sweep rate.")
 
 
 class ClusterComposition(_Model):
@@ -146,6 +169,12 @@ class ClusterComposition(_Model):
     entropy_r: float | None = Field(
         default=None, description="Configurational entropy over `entropy_species`, in units of R.")
     entropy_r_sigma: float | None = Field(default=None, description="1-sigma of entropy_r.")
+    core_pixels: int | None = Field(
+        default=None, ge=0, description="Binned pixels the composition was measured on (see pixel_level).")
+    pixel_level: Literal["core", "interior", "all"] | None = Field(
+        default=None, description="core: pixels whose 3x3 neighbourhood is in the cluster; interior: whose four "
+                                  "edge neighbours are; all: every pixel of the cluster.")
+    time_to_target: TimeToTarget | None = Field(default=None, description="Time to the target uncertainty.")
 
 
 class Composition(_Document):
