@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from edx_adapters.replay import xray_count
-from edx_adapters.synthetic import DEFAULT_PHASES, Phase, _family, make_phantom, synthetic_replay
+from edx_adapters.synthetic import (DEFAULT_PHASES, RESIN, SULFIDE_PHASES, Phase, _family, make_phantom,
+                                  synthetic_replay)
 from edx_protocol import EventsFrame, Start, Stop, decode, encode
 
 FORBIDDEN = ("hyperspy", "exspy", "sklearn", "umap", "hdbscan")
@@ -144,3 +146,125 @@ def test_importing_synthetic_does_not_import_the_analysis_stack():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == ""
+
+
+# --- what real samples also have: embedding, steep thickness, small grains, a calibration that is off ---
+
+MISCALIBRATION = (0.04, -0.003)  # +40 eV offset, -0.3 % gain
+
+
+@pytest.fixture(scope="module")
+def sulfide():
+    return make_phantom((128, 128), SULFIDE_PHASES, seed=1, embedding=RESIN, thickness_range=(0.4, 1.6),
+                        miscalibration=MISCALIBRATION)
+
+
+def test_the_default_phantom_is_unchanged():
+    """Fingerprints of make_phantom((64, 64)) recorded before the opt-in options existed.
+
+    On the machine they were recorded on, sha256 of ``expected(100).tobytes()`` was
+    b6b18a494547c44c1365960e6d87ae6e436f074584685434506dd60433c9d273; the moments below
+    allow for float32 rounding that differs between CPUs, and nothing more.
+    """
+    p = make_phantom((64, 64))
+    assert hashlib.sha256(p.labels.astype("<i8").tobytes()).hexdigest() == \
+        "db103c9c4b5d790ff2226b01c7c5fb9529fdbab55e31d58539157b3277971aa7"
+    cube = p.expected(100).astype(np.float64)
+    per_channel, per_pixel = cube.sum(axis=(0, 1)), cube.sum(axis=2).ravel()
+    assert cube.sum() == pytest.approx(409599.97977273515, rel=1e-7)
+    assert per_channel @ np.arange(per_channel.size) / cube.sum() == pytest.approx(621.0448168081638, rel=1e-7)
+    assert per_pixel @ np.arange(per_pixel.size) / cube.sum() == pytest.approx(2091.2216513114467, rel=1e-7)
+    assert (cube ** 2).sum() == pytest.approx(715617.2935625706, rel=1e-6)
+    assert p.thickness.astype(np.float64).sum() == pytest.approx(4083.2000371217728, rel=1e-7)
+    assert p.fractions[1:].astype(np.float64).sum() == pytest.approx(574.2680829763412, rel=1e-6)
+    assert p.embedding_label is None and (p.true_offset_kev, p.true_scale_kev) == (0.0, 0.01)
+    assert len(p.phases) == 4 and len(p.grains) == sum(ph.grains for ph in DEFAULT_PHASES)
+
+
+def test_the_embedding_band_holds_a_few_counts_per_pixel(sulfide):
+    k = sulfide.embedding_label
+    assert k == len(SULFIDE_PHASES) == len(sulfide.phases) - 1 and sulfide.phases[k] is RESIN
+    assert sulfide.compositions[k] == pytest.approx({"C": 84.0, "O": 16.0})
+    assert {"C_Ka", "O_Ka"} <= set(sulfide.start_fields()["xray_lines"])
+    band = sulfide.labels == k
+    assert 0.15 < band.mean() < 0.25                       # embedding_fraction 0.2
+    assert band[0].all() and not band[-1].any()            # along the top edge
+    assert not band[int(0.35 * 128):].any()                # its boundary wanders a little, not far
+    np.testing.assert_allclose(sulfide.fractions.sum(axis=0), 1, atol=1e-5)
+    assert sulfide.fractions.min() >= 0
+    # no grain inside the band: grain phases are absent wherever the embedding is present
+    assert sulfide.fractions[1:k][:, sulfide.fractions[k] > 0].max(initial=0) == 0
+    mixed = (sulfide.fractions[k] > 0.05) & (sulfide.fractions[k] < 0.95)
+    assert mixed.any(axis=0).mean() > 0.9                  # a mixed boundary across the whole width
+    # at 200 counts per sample pixel, the embedding's pixels hold a few counts each
+    dose = 200.0 / sulfide.expected_total(1.0)[~band].mean()
+    counts = sulfide.expected_total(dose)
+    assert counts[~band].mean() == pytest.approx(200.0)
+    assert 2 <= counts[band].mean() <= 10
+    assert 2 <= counts[sulfide.fractions[k] > 0.999].mean() <= 10
+    # its spectrum is C and O on a weak continuum
+    pure = sulfide.expected_sum(dose, sulfide.fractions[k] > 0.999)
+    ax = sulfide.energy_axis
+    assert ax.offset_kev + ax.scale_kev * int(np.argmax(pure)) < 0.6
+
+
+def test_a_miscalibrated_phantom_puts_lines_at_their_true_energies():
+    offset_error, gain_error = MISCALIBRATION
+    right = make_phantom((64, 64))
+    wrong = make_phantom((64, 64), miscalibration=MISCALIBRATION)
+    assert wrong.energy_axis == right.energy_axis                     # what the file declares
+    assert wrong.start_fields()["energy_axis"] == right.energy_axis
+    assert wrong.true_offset_kev == pytest.approx(offset_error)
+    assert wrong.true_scale_kev == pytest.approx(0.01 * (1 + gain_error))
+    np.testing.assert_array_equal(wrong.labels, right.labels)       # same specimen, other axis
+    ax = right.energy_axis
+    for line in ("Al_Ka", "Fe_Ka", "Cu_Ka", "Ag_La"):
+        energy = max(_family(line), key=lambda e_w: e_w[1])[0]
+        declared = ax.offset_kev + (energy - ax.offset_kev - offset_error) / (1 + gain_error)
+        assert abs(declared - energy) > 1.5 * ax.scale_kev, line  # the test can tell the two apart
+        for phantom, where in ((right, energy), (wrong, declared)):
+            peak = _peak_kev(phantom.expected_sum(100.0), ax, where)
+            assert abs(peak - where) <= 0.5 * ax.scale_kev, (line, peak, where)
+
+
+def _peak_kev(spectrum: np.ndarray, axis, near_kev: float) -> float:
+    """Energy (declared axis) of the local maximum within 5 channels of ``near_kev``, to a fraction of a channel."""
+    c = int(round((near_kev - axis.offset_kev) / axis.scale_kev))
+    i = c - 5 + int(np.argmax(spectrum[c - 5:c + 6]))
+    a, b, d = np.log(spectrum[i - 1:i + 2])  # a Gaussian is a parabola in log
+    return axis.offset_kev + axis.scale_kev * (i + 0.5 * (a - d) / (a - 2 * b + d))
+
+
+def test_the_thickness_range_is_the_wedge_asked_for():
+    for low, high in ((0.4, 1.6), (0.8, 1.2), (1.0, 1.0)):
+        t = make_phantom((64, 64), seed=2, thickness_range=(low, high)).thickness
+        x = np.arange(64) / 64
+        slope, intercept = np.polyfit(x, t.mean(axis=0), 1)
+        assert slope == pytest.approx(high - low, abs=0.08) and intercept == pytest.approx(low, abs=0.05)
+        assert low - 0.15 <= t.min() and t.max() <= high + 0.15
+    with pytest.raises(ValueError, match="thickness_range"):
+        make_phantom((32, 32), DEFAULT_PHASES[:1], thickness_range=(0.1, 1.0))
+
+
+def test_sulfide_grains_are_3_to_10_pixels_across(sulfide):
+    from scipy import ndimage
+
+    for k, phase in enumerate(SULFIDE_PHASES[1:], start=1):
+        radii = [r for j, _, _, r in sulfide.grains if j == k]
+        assert len(radii) == phase.grains
+        assert all(3 <= 2 * r <= 10 for r in radii), (phase.name, radii)
+        # as the truth labels show them: one region per grain, about as wide as its radius says
+        regions, n = ndimage.label(sulfide.labels == k)
+        assert n == phase.grains, phase.name
+        areas = np.bincount(regions.ravel())[1:]
+        across = 2 * np.sqrt(areas / np.pi)
+        assert across.min() >= 2.5 and across.max() <= 11, (phase.name, across)
+    assert {"Pb_Ma", "S_Ka", "Ag_La", "Zn_Ka", "Cu_Ka", "Fe_Ka"} <= set(sulfide.xray_lines)
+    assert sulfide.compositions[3] == pytest.approx({"Ag": 200 / 3, "S": 100 / 3})
+
+
+def test_opt_in_options_reject_nonsense():
+    with pytest.raises(ValueError, match="embedding_fraction"):
+        make_phantom((32, 32), DEFAULT_PHASES[:1], embedding=RESIN, embedding_fraction=0.9)
+    with pytest.raises(ValueError, match="miscalibration"):
+        make_phantom((32, 32), DEFAULT_PHASES[:1], miscalibration=(0.0, 0.7))

@@ -7,9 +7,16 @@
 A phantom is a few phases with known compositions (atomic %) laid out as
 grains of different sizes in a matrix. Boundaries mix neighbouring phases
 over a few pixels and the thickness varies smoothly, so the counts per pixel
-vary too. Each pure phase has an expected spectrum: X-ray lines at the
-energies and relative weights of exspy's database, with the detector's
-energy-dependent width, on a Kramers continuum that rolls off at low energy.
+vary too. Opt-in, what real samples also have (:func:`make_phantom`): an
+embedding band of resin or near-vacuum along one edge that gives only a few
+counts per pixel, a steeper thickness wedge, and an energy axis whose declared
+calibration is off (the spectra sit on the true axis, the start message
+declares the nominal one). :data:`SULFIDE_PHASES` and :data:`RESIN` are such a
+sample: a sulfide ore with small grains and an overlap (Pb M on S K).
+
+Each pure phase has an expected spectrum: X-ray lines at the energies and
+relative weights of exspy's database, with the detector's energy-dependent
+width, on a Kramers continuum that rolls off at low energy.
 :meth:`Phantom.frames` draws Poisson events sweep by sweep; the sweeps are
 independent, so their sum is a Poisson draw of the full dose.
 
@@ -89,6 +96,25 @@ DEFAULT_PHASES = (
 )
 
 
+#: A sulfide ore: sphalerite matrix with some Fe, then chalcopyrite grains 6-10 pixels across,
+#: galena grains 4-8 pixels across (Pb Ma at 2.346 keV overlaps S Ka at 2.307 keV) and Ag-rich
+#: acanthite grains 3-6 pixels across, at 128 x 128 (radii as a fraction of the shorter side:
+#: d pixels across is d / 256). Use with ``embedding=RESIN``; at% are stoichiometric.
+SULFIDE_PHASES = (
+    Phase("sphalerite (Zn,Fe)S matrix", {"Zn": 44.0, "Fe": 6.0, "S": 50.0}, ("Zn_Ka", "Fe_Ka", "S_Ka")),
+    Phase("chalcopyrite CuFeS2 grains", {"Cu": 25.0, "Fe": 25.0, "S": 50.0}, ("Cu_Ka", "Fe_Ka", "S_Ka"),
+          brightness=1.0, grains=6, radius=(6 / 256, 10 / 256)),
+    Phase("galena PbS grains", {"Pb": 50.0, "S": 50.0}, ("Pb_Ma", "S_Ka"),
+          brightness=1.2, grains=8, radius=(4 / 256, 8 / 256)),
+    Phase("acanthite Ag2S grains", {"Ag": 200 / 3, "S": 100 / 3}, ("Ag_La", "S_Ka"),
+          brightness=1.3, grains=10, radius=(3 / 256, 6 / 256)),
+)
+
+#: Epoxy embedding resin (bisphenol-A diglycidyl ether C21H24O4 without its H, which EDX does
+#: not see): so dim that at 200 counts per sample pixel its pixels hold about 5 counts.
+RESIN = Phase("epoxy resin embedding", {"C": 84.0, "O": 16.0}, ("C_Ka", "O_Ka"), brightness=0.025)
+
+
 @lru_cache(maxsize=None)
 def _family(line: str) -> tuple[tuple[float, float], ...]:
     """(energy keV, relative weight) of every line of ``line``'s family, from exspy's database."""
@@ -139,6 +165,13 @@ class Phantom:
     beam_energy_kev, resolution_ev : float
     kfactors : dict of str to float
         The k-factor of every line, as used to build the spectra.
+    true_offset_kev, true_scale_kev : float
+        The axis the spectra were generated on; ``energy_axis`` (what the start message
+        declares) differs from it when the phantom was built with a miscalibration.
+    embedding_label : int or None
+        Index of the embedding phase (the last one), None without an embedding.
+    grains : tuple of (int, float, float, float)
+        Every grain placed: (phase index, centre row, centre column, radius in pixels).
     """
 
     phases: tuple[Phase, ...]
@@ -153,6 +186,10 @@ class Phantom:
     kfactors: dict[str, float]
     _rate: np.ndarray = field(repr=False)   # (n_pixels,) expected counts per unit dose
     _mix: np.ndarray = field(repr=False)    # (n_pixels, n_phases) cumulative P(phase | X-ray)
+    true_offset_kev: float | None = None
+    true_scale_kev: float | None = None
+    embedding_label: int | None = None
+    grains: tuple[tuple[int, float, float, float], ...] = field(default=(), repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -263,7 +300,9 @@ class Phantom:
 def make_phantom(shape: tuple[int, int] = (128, 128), phases: Sequence[Phase] = DEFAULT_PHASES,
                  channels: int = 2048, offset_kev: float = 0.0, scale_kev: float = 0.01,
                  beam_energy_kev: float = 200.0, resolution_ev: float = DEFAULT_RESOLUTION_EV,
-                 boundary_px: float | None = None, seed=0) -> Phantom:
+                 boundary_px: float | None = None, seed=0, *, embedding: Phase | None = None,
+                 embedding_fraction: float = 0.2, thickness_range: tuple[float, float] = (0.8, 1.2),
+                 miscalibration: tuple[float, float] = (0.0, 0.0)) -> Phantom:
     """Build a phantom: grains laid out with ``seed``, spectra from exspy's line database.
 
     Parameters
@@ -281,22 +320,56 @@ def make_phantom(shape: tuple[int, int] = (128, 128), phases: Sequence[Phase] = 
     boundary_px : float, optional
         Width over which phases mix at a boundary (default 2 pixels at 128, scaled with the scan).
     seed : None, int or numpy.random.Generator
+    embedding : Phase, optional
+        A band of this phase (resin, or near-vacuum: a very low ``brightness``) along the
+        top edge, its own phase of the truth (the last label), with a wavy boundary mixed over
+        ``boundary_px``; no grain is placed in it. Its ``grains`` and ``radius`` are ignored.
+        :data:`RESIN` gives about 5 counts per pixel where the sample gives 200.
+    embedding_fraction : float
+        Mean share of the rows the band covers (0 to 0.6).
+    thickness_range : (float, float)
+        Relative thickness at the first and last column of the wedge (default 0.8 to 1.2;
+        e.g. 0.4 to 1.6 for a steep one); seeded bumps of at most +-0.15 come on top.
+    miscalibration : (float, float)
+        (offset error in keV, relative gain error): the spectra are generated on the true axis
+        E(i) = offset + offset_error + i * scale * (1 + gain_error) while :attr:`Phantom.energy_axis`
+        and the start message declare offset + i * scale, as a file whose calibration is off.
+        A line at E then peaks at offset + (E - offset - offset_error) / (1 + gain_error) on the
+        declared axis.
 
     Raises
     ------
     ValueError
-        Unknown element or line, or grains that do not fit in the scan.
+        Unknown element or line, grains that do not fit in the scan, or an impossible
+        embedding, thickness range or miscalibration.
     """
     rng = np.random.default_rng(seed)
     rows, columns = (int(n) for n in shape)
     axis = EnergyAxis(offset_kev=offset_kev, scale_kev=scale_kev, channels=channels)
     width = boundary_px if boundary_px is not None else 2.0 * min(rows, columns) / 128
-    fractions = _layout(phases, (rows, columns), width, rng)
-    thickness = _thickness((rows, columns), rng)
+    lo, hi = (float(t) for t in thickness_range)
+    if not 0.15 < lo <= hi:
+        raise ValueError(f"thickness_range must be (low, high) with 0.15 < low <= high (the bumps reach "
+                         f"+-0.15), got {thickness_range!r}")
+    offset_error, gain_error = (float(v) for v in miscalibration)
+    if not (np.isfinite(offset_error) and -0.5 < gain_error < 0.5):
+        raise ValueError(f"miscalibration must be (offset error keV, gain error within +-0.5), got {miscalibration!r}")
+    phases = tuple(phases)
+    band = None
+    if embedding is not None:
+        if not 0 < embedding_fraction <= 0.6:
+            raise ValueError(f"embedding_fraction must be in (0, 0.6], got {embedding_fraction!r}")
+        band = _band((rows, columns), embedding_fraction, width, rng)
+    placed: list[tuple[int, float, float, float]] = []
+    fractions = _layout(phases, (rows, columns), width, rng, band=band, placed=placed)
+    if band is not None:
+        phases = phases + (embedding,)
+    thickness = _thickness((rows, columns), rng, (lo, hi))
     compositions = tuple({e: 100.0 * v / sum(p.composition.values()) for e, v in p.composition.items()}
                          for p in phases)
     kfactors = {line: 1.0 for p in phases for line in p.xray_lines}
-    energy = offset_kev + scale_kev * np.arange(channels)
+    true_offset, true_scale = offset_kev + offset_error, scale_kev * (1 + gain_error)
+    energy = true_offset + true_scale * np.arange(channels)
     spectra = np.stack([_spectrum(p, c, energy, beam_energy_kev, resolution_ev, kfactors)
                         for p, c in zip(phases, compositions)])
     # P(phase | an X-ray from this pixel) follows fraction times brightness.
@@ -306,7 +379,9 @@ def make_phantom(shape: tuple[int, int] = (128, 128), phases: Sequence[Phase] = 
     mix = np.cumsum(emit / emit.sum(axis=1, keepdims=True), axis=1, dtype=np.float32)
     labels = np.argmax(fractions, axis=0)
     return Phantom(tuple(phases), labels, fractions, thickness, spectra, compositions, axis,
-                   float(beam_energy_kev), float(resolution_ev), kfactors, rate, mix)
+                   float(beam_energy_kev), float(resolution_ev), kfactors, rate, mix,
+                   true_offset_kev=float(true_offset), true_scale_kev=float(true_scale),
+                   embedding_label=len(phases) - 1 if band is not None else None, grains=tuple(placed))
 
 
 def phase_spectrum(composition: Mapping[str, float], xray_lines: Sequence[str], counts: float = 1.0, *,
@@ -358,32 +433,62 @@ def _spectrum(phase: Phase, atomic: Mapping[str, float], energy: np.ndarray, bea
 
 
 def _layout(phases: Sequence[Phase], shape: tuple[int, int], width: float,
-            rng: np.random.Generator) -> np.ndarray:
-    """Fractions (n_phases, rows, columns): grains with soft, slightly wavy edges in the matrix."""
+            rng: np.random.Generator, band: tuple[np.ndarray, float] | None = None,
+            placed: list | None = None) -> np.ndarray:
+    """Fractions (n_phases, rows, columns): grains with soft, slightly wavy edges in the matrix.
+
+    With ``band`` (the embedding's fraction and the lowest row it reaches, from :func:`_band`),
+    the fractions get one more layer, the embedding's, and grains stay below it. Each grain
+    placed is appended to ``placed`` as (phase, centre row, centre column, radius).
+    """
     rows, columns = shape
     side = min(shape)
     grains = sorted(((rng.uniform(*p.radius) * side, k) for k, p in enumerate(phases) for _ in range(p.grains)),
                     reverse=True)
-    fractions = np.zeros((len(phases), rows, columns), dtype=np.float32)
+    fractions = np.zeros((len(phases) + (band is not None), rows, columns), dtype=np.float32)
+    if band is not None:
+        fractions[-1] = band[0]
+    top = 0.0 if band is None else band[1] + width / 2
     y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
-    placed: list[tuple[float, float, float]] = []
+    placed = [] if placed is None else placed
     for radius, k in grains:
-        cy, cx = _place(radius, placed, shape, width, rng)
-        placed.append((cy, cx, radius))
+        cy, cx = _place(radius, [g[1:] for g in placed], shape, width, rng, top)
+        placed.append((k, cy, cx, float(radius)))
         angle = np.arctan2(y - cy, x - cx)
         wobble = 1 + 0.08 * np.cos(2 * angle + rng.uniform(0, 2 * np.pi)) \
             + 0.05 * np.cos(3 * angle + rng.uniform(0, 2 * np.pi))
         inside = radius * wobble - np.hypot(y - cy, x - cx)
         fractions[k] += np.clip(0.5 + inside / width, 0, 1)
     fractions[0] = 1 - fractions[1:].sum(axis=0)
+    if band is not None:
+        np.clip(fractions[0], 0, None, out=fractions[0])  # rounding only: grains stay clear of the band
     return fractions
 
 
-def _place(radius: float, placed, shape, width: float, rng: np.random.Generator) -> tuple[float, float]:
-    """A centre for a grain that keeps it inside the scan and clear of the grains placed."""
+def _band(shape: tuple[int, int], fraction: float, width: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """The embedding along the top edge: (its fraction per pixel, the lowest row its boundary reaches).
+
+    The boundary wanders around ``fraction`` of the rows by two seeded waves and mixes
+    the embedding with the sample over ``width`` pixels, as a grain's edge does.
+    """
+    rows, columns = shape
+    x = np.arange(columns, dtype=np.float32) / columns
+    amplitude = 0.04 * rows
+    edge = fraction * rows + amplitude * (0.6 * np.sin(2 * np.pi * (1.5 * x + rng.uniform(0, 1)))
+                                          + 0.4 * np.sin(2 * np.pi * (3.5 * x + rng.uniform(0, 1))))
+    y = np.arange(rows, dtype=np.float32)[:, None]
+    share = np.clip(0.5 + (edge[None, :] - y) / width, 0, 1).astype(np.float32)
+    return share, float(edge.max()) + width / 2
+
+
+def _place(radius: float, placed, shape, width: float, rng: np.random.Generator,
+           top: float = 0.0) -> tuple[float, float]:
+    """A centre for a grain that keeps it inside the scan, below row ``top`` and clear of the grains placed."""
     margin = 1.15 * radius + width
     for _ in range(2000):
-        cy, cx = (rng.uniform(margin, n - margin) if n > 2 * margin else np.nan for n in shape)
+        cy, cx = (rng.uniform(start + margin, n - margin) if n - start > 2 * margin else np.nan
+                  for n, start in zip(shape, (top, 0.0)))
         if np.isnan(cy) or np.isnan(cx):
             break
         if all(np.hypot(cy - py, cx - px) > 1.15 * (radius + pr) + 2 * width for py, px, pr in placed):
@@ -392,13 +497,15 @@ def _place(radius: float, placed, shape, width: float, rng: np.random.Generator)
                      "use fewer or smaller grains, or a larger scan")
 
 
-def _thickness(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A wedge (0.8 to 1.2 across the columns) with gentle seeded bumps."""
+def _thickness(shape: tuple[int, int], rng: np.random.Generator,
+               wedge: tuple[float, float] = (0.8, 1.2)) -> np.ndarray:
+    """A wedge (``wedge[0]`` to ``wedge[1]`` across the columns) with gentle seeded bumps (at most +-0.15)."""
     y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
     y, x = y / shape[0], x / shape[1]
     bumps = sum(0.05 * np.sin(2 * np.pi * (f * x + g * y) + rng.uniform(0, 2 * np.pi))
                 for f, g in rng.integers(1, 4, size=(3, 2)))
-    return (0.8 + 0.4 * x + bumps).astype(np.float32)
+    low, high = wedge
+    return (low + (high - low) * x + bumps).astype(np.float32)
 
 
 def synthetic_replay(phantom: Phantom, dose: float = 200.0, frames: int = 10, seed=0,
