@@ -17,9 +17,13 @@ def _cluster(quant, label: int) -> dict:
     if quant is not None:
         for cluster in quant.clusters:
             if cluster.label == label:
+                target = cluster.time_to_target
                 return {"composition": {el: r.model_dump() for el, r in cluster.elements.items()},
-                        "entropy_r": cluster.entropy_r, "entropy_r_sigma": cluster.entropy_r_sigma}
-    return {"composition": None, "entropy_r": None, "entropy_r_sigma": None}
+                        "entropy_r": cluster.entropy_r, "entropy_r_sigma": cluster.entropy_r_sigma,
+                        "core_pixels": cluster.core_pixels, "pixel_level": cluster.pixel_level,
+                        "time_to_target": None if target is None else target.model_dump()}
+    return {"composition": None, "entropy_r": None, "entropy_r_sigma": None, "core_pixels": None,
+            "pixel_level": None, "time_to_target": None}
 
 
 def _workflow(output) -> dict:

@@ -113,7 +113,7 @@ def test_spread_inside_a_cluster_adds_to_counting():
     # Homogeneous: the bootstrap sees only counting noise; two populations: a real spread, much larger.
     assert np.all(a.sigma_spread[0] < a.sigma_counting[0])
     assert np.all(a.sigma_spread[1] > 2 * a.sigma_counting[1])
-    np.testing.assert_allclose(a.sigma ** 2, a.sigma_counting ** 2 + a.sigma_spread ** 2)
+    np.testing.assert_allclose(a.sigma ** 2, a.sigma_counting ** 2 + a.sigma_spread ** 2 + a.sigma_bias ** 2)
     # Sampling 400 pixels from two populations 20 at% apart: the sd of the mean is ~10/sqrt(400) = 0.5 at%.
     assert 0.3 < a.sigma[1, 0] < 0.8
 

@@ -83,10 +83,12 @@ def test_producer_to_result_subscriber(tmp_path):
         comp = [d[0] for d in documents if d[0].kind == "composition" and d[0].workflow == workflow][-1]
         assert comp.kfactors == KFACTORS and comp.final
         for cluster in comp.clusters:
-            values = [e.atomic_percent for e in cluster.elements.values()]
-            assert None not in values and sum(values) == pytest.approx(100.0)
+            values = [e.atomic_percent for e in cluster.elements.values() if e.detected]
+            assert None not in values and sum(values) == pytest.approx(100.0)  # the detected elements
+            assert all(e.detection_limit_atomic_percent is not None
+                       for e in cluster.elements.values() if not e.detected)
         # the FePt cores: one cluster of each workflow holds far more Pt than the Fe-rich shells and support
-        pt = sorted(c.elements["Pt"].atomic_percent for c in comp.clusters)
+        pt = sorted(c.elements["Pt"].atomic_percent if c.elements["Pt"].detected else 0.0 for c in comp.clusters)
         assert 25.0 < pt[-1] < 65.0 and pt[0] < 10.0
     checker = DocumentChecker()  # every refit, live ones included: compositions sit on the clusters' ids
     for header, arrays in documents:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edx_live.cli import main
+from edx_live.quantify.cores import cores
 
 KFACTORS = ["--kfactor", "Fe_Ka=1.450226", "--kfactor", "Pt_La=5.075602"]
 
@@ -19,7 +20,8 @@ def processed(data_dir, tmp_path_factory):
 
 
 def _per_pixel(cluster, element):
-    return cluster["composition"][element]["intensity"] / cluster["pixels"]
+    """Line counts per pixel of the pixels the cluster was measured on (its core)."""
+    return cluster["composition"][element]["intensity"] / cluster["core_pixels"]
 
 
 @pytest.mark.parametrize("workflow", ["pca-gmm", "umap-hdbscan"])
@@ -92,9 +94,16 @@ def test_core_agrees_with_hyperspys_own_model_quantification_of_the_same_pixels(
     assert wf["kfactors_theoretical"] is False
     core = max(wf["clusters"], key=lambda c: c["composition"]["Pt"]["atomic_percent"] or 0.0)
     labels = hs.load(out / f"labels_{workflow}.hspy").data
+    # The pixels the composition was measured on: the cluster's core, from its label map.
+    ids = [c["label"] for c in wf["clusters"]]
+    rows = np.full(labels.shape, -1)
+    for row, label in enumerate(ids):
+        rows[labels == label] = row
+    measured = cores(rows, len(ids)).measured == ids.index(core["label"])
+    assert measured.sum() == core["core_pixels"] and core["pixel_level"] in ("core", "interior")
     original = hs.load(data_dir / "core_shell.hspy")
     s = original.sum()
-    s.data = original.rebin(scale=(2, 2, 1)).data[labels == core["label"]].sum(axis=0).astype(float)
+    s.data = original.rebin(scale=(2, 2, 1)).data[measured].sum(axis=0).astype(float)
     if "Sample.xray_lines" in s.metadata:
         del s.metadata.Sample.xray_lines  # so that create_model adds every element's families
     s.set_elements(wf["fit"]["elements"])

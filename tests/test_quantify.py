@@ -91,8 +91,11 @@ def test_poisson_noise_truth_within_three_sigma():
     truth = expected_atomic_percent(areas, LINES, KFACTORS)
     noisy = np.random.default_rng(1).poisson(synthetic_spectra(areas, LINES)).astype(float)
     q = quantify(noisy, replicas=64)
-    assert np.all(q.atomic_percent_sigma > 0)
-    assert np.all(np.abs(q.atomic_percent - truth) < 3 * q.atomic_percent_sigma)
+    detected = q.detected
+    assert detected.sum() >= detected.size - 1  # a 100-count line may sit below 3 sigma of its background
+    assert np.all(q.atomic_percent_sigma[detected] > 0)
+    assert np.all(np.abs(q.atomic_percent - truth)[detected] < 3 * q.atomic_percent_sigma[detected])
+    assert np.all(truth[~detected] < q.detection_limit[~detected] + 3 * q.atomic_percent_sigma.max())
 
 
 def test_replica_sigma_matches_the_spread_of_independent_measurements():

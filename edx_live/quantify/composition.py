@@ -145,12 +145,16 @@ class Estimate:
                             + (0 if self.sigma_bias is None else self.sigma_bias ** 2))
         return replace(self, sigma=np.where(np.isfinite(self.sigma), sigma, np.nan), sigma_counting=counting)
 
+    def with_systematic(self, extra: np.ndarray) -> "Estimate":
+        """This estimate with ``extra`` (same shape) added in quadrature to its bias part."""
+        extra = np.nan_to_num(np.asarray(extra, dtype=np.float64))
+        old = np.zeros_like(self.value) if self.sigma_bias is None else self.sigma_bias
+        with np.errstate(invalid="ignore"):
+            return replace(self, sigma=np.sqrt(self.sigma ** 2 + extra ** 2), sigma_bias=np.sqrt(old ** 2 + extra ** 2))
+
     def with_bias(self, reference: "Estimate") -> "Estimate":
         """This estimate with the bias part judged against ``reference`` (the same quantity on wider pixels)."""
-        b = BIAS_FRACTION * bias(self.value, self.sigma, reference.value, reference.sigma)
-        with np.errstate(invalid="ignore"):
-            sigma = np.sqrt(self.sigma ** 2 + b ** 2)
-        return replace(self, sigma=sigma, sigma_bias=b)
+        return self.with_systematic(BIAS_FRACTION * bias(self.value, self.sigma, reference.value, reference.sigma))
 
 
 def estimate(values: np.ndarray, samples: ClusterSamples) -> Estimate:
@@ -340,13 +344,15 @@ def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[floa
               elements: Sequence[str], sigmas: float, thickness_nm: float | None = None):
     """(detected, detection limit in at%) per cluster and line.
 
-    A line is detected when its fitted intensity exceeds ``sigmas`` times its counting sigma
+    A line is detected when its fitted intensity exceeds ``sigmas`` times its sigma: counting
     (the noise of the background and of the overlapping lines under it, carried through the
-    fit by the Poisson replicas, scaled by the fit's misfit under the line). The limit is the at% the element would have if its line
+    fit by the Poisson replicas, scaled by the fit's misfit under the line) and the background
+    model's systematic (the change with one polynomial order less or more). The limit is the at% the element would have if its line
     held exactly that many counts, the other lines as measured (Cliff-Lorimer).
     """
     value = intensity.value
-    threshold = sigmas * intensity.sigma_counting
+    systematic = 0.0 if intensity.sigma_bias is None else intensity.sigma_bias
+    threshold = sigmas * np.sqrt(intensity.sigma_counting ** 2 + systematic ** 2)
     with np.errstate(invalid="ignore"):
         detected = ~(value < threshold)  # NaN (unknown) counts as detected: nothing to say it is not
     limit = np.full(value.shape, np.nan)
@@ -395,6 +401,9 @@ class ClusterQuantifier:
     ----------
     model_ : LineModel or None
         The model of the last call; reused while the setup is unchanged.
+    variants_ : list of LineModel
+        The same model with one polynomial order less and one more: the change of the line
+        intensities between them is the background's systematic uncertainty.
     calibrated_counts_ : float
         Total counts at the last calibration of the model.
     """
@@ -402,6 +411,7 @@ class ClusterQuantifier:
     def __init__(self, options: QuantifyOptions = QuantifyOptions()):
         self.options = options
         self.model_: LineModel | None = None
+        self.variants_: list[LineModel] = []
         self.calibrated_counts_ = 0.0
         self.calibration_: dict = {}
 
@@ -415,11 +425,15 @@ class ClusterQuantifier:
             self.model_ = LineModel(key, setup.detector.resolution_ev or 130.0)
             self.calibrated_counts_ = 0.0
             self.calibration_ = {}
+            self.variants_ = [LineModel(replace(key, background_order=order), setup.detector.resolution_ev or 130.0)
+                              for order in (key.background_order - 1, key.background_order + 1) if order >= 0]
         counts = float(np.sum(total))
         steps = [step for step in o.calibrate if step != "axis"]  # the axis is the setup's
         if steps and counts >= o.recalibrate_growth * max(self.calibrated_counts_, 1.0):
             self.calibration_ = self.model_.calibrate(total, steps)
             self.calibrated_counts_ = counts
+            for variant in self.variants_:
+                variant.follow(self.model_)
         return self.model_
 
     def __call__(self, cube: np.ndarray, labels: np.ndarray, n_clusters: int, setup: Setup,
@@ -488,11 +502,18 @@ class ClusterQuantifier:
         if setup.axis is not None:
             fit.update(setup.axis.published())
         intensity = estimate(intensities, samples)
+        alternatives = []
         if model is not None:
             # Counting noise alone does not explain a fit that misses a line: scale it by the line's Birge ratio.
             birge = np.sqrt(np.clip(model.reduced_chi2(samples.stack[:, 0]), 1.0, None))
             intensity = intensity.with_misfit(birge)
             fit["reduced_chi2"] = np.round(birge ** 2, 3).tolist()
+            # A background error under a line goes into the line's area, unseen in the residual: the change
+            # with one polynomial order less or more measures it.
+            alternatives = [variant.intensities(samples.stack[:, 0]) for variant in self.variants_]
+            if alternatives:
+                intensity = intensity.with_systematic(np.max([np.abs(a - intensity.value) for a in alternatives],
+                                                             axis=0))
         detected, limit = detection(intensity, lines, require_kfactors(lines, setup.kfactors), setup.detector,
                                     elements, o.detection_sigma, o.thickness_nm)
         wt, at, entropy = self._fractions(intensities, setup, detected)
@@ -501,6 +522,12 @@ class ClusterQuantifier:
         if model is not None:
             atomic, weight = atomic.with_misfit(birge), weight.with_misfit(birge)
             entropy_estimate = entropy_estimate.with_misfit(birge)
+        if alternatives:
+            changes = [self._fractions(a[:, None, :], setup, detected) for a in alternatives]
+            atomic = atomic.with_systematic(np.max([np.abs(100 * c[1][:, 0] - atomic.value) for c in changes], axis=0))
+            weight = weight.with_systematic(np.max([np.abs(100 * c[0][:, 0] - weight.value) for c in changes], axis=0))
+            entropy_estimate = entropy_estimate.with_systematic(
+                np.max([np.abs(c[2][:, 0] - entropy_estimate.value) for c in changes], axis=0))
         if reference is not None:
             ref_wt, ref_at, ref_entropy = self._fractions(self._intensities(reference, setup, model)[0], setup,
                                                           detected)

@@ -217,6 +217,12 @@ class LineModel:
             set_(value)
         return {"resolution_ev": self.resolution_ev, "offset_kev": self.offset_kev, "rejected": rejected}
 
+    def follow(self, other: "LineModel") -> None:
+        """Take ``other``'s calibrated resolution and energy offset (same axis and lines, another background)."""
+        self._model.signal.metadata.set_item("Acquisition_instrument.TEM.Detector.EDS.energy_resolution_MnKa",
+                                             other.resolution_ev)
+        self._set_offset(other._axis_offset())
+
     def _resolution_bounds(self) -> tuple[float, float]:
         """RESOLUTION_BOUNDS_EV, raised so that the lowest line of the model keeps a real width."""
         from .lines import line_energy
