@@ -35,7 +35,7 @@ def test_known_offset_and_gain_are_recovered(offset_error_kev, gain_error):
     # The correction at Cu Ka is within 2 eV of the truth.
     true_cu = offset_error_kev + (8.0478 / 0.01) * 0.01 * (1 + gain_error)
     assert calibration.energy(8.0478) == pytest.approx(true_cu, abs=0.002)
-    assert {"Fe_Ka", "Si_Ka"} <= set(calibration.lines)
+    assert {"Fe_Ka", "Si_Ka", "Cu_Ka"} == set(calibration.lines)  # K-alpha lines above 1 keV calibrate
     assert calibration.residual_ev < 2.0
 
 
@@ -49,7 +49,20 @@ def test_oxygen_hidden_by_the_shift_is_proposed_on_the_calibrated_axis():
     assert "O" not in propose_elements(measured, 0.0, 0.01, 200.0).elements  # the reported fault
     calibration = calibrate_axis(measured, 0.0, 0.01, 200.0)
     assert "O" in propose_elements(measured, calibration.offset_kev, calibration.scale_kev, 200.0).elements
-    assert "O_Ka" in calibration.lines
+    assert calibration.offset_kev == pytest.approx(0.05, abs=0.002)
+
+
+def test_a_sulfide_with_overlapping_and_soft_lines_is_calibrated_on_its_k_lines():
+    """S Ka under Pb Ma, Fe L and C K from a resin: only the clear K-alpha lines may move the axis."""
+    from edx_adapters.synthetic import RESIN, SULFIDE_PHASES, make_phantom
+
+    for error in ((0.0, 0.0), (0.04, -0.003)):
+        phantom = make_phantom((64, 64), seed=0, phases=SULFIDE_PHASES, embedding=RESIN,
+                               thickness_range=(0.4, 1.6), miscalibration=error)
+        total = phantom.binned_counts(200, 2, seed=3).reshape(-1, 2048).sum(axis=0).astype(float)
+        calibration = calibrate_axis(total, 0.0, 0.01, 200.0, elements=phantom.elements)
+        assert calibration.offset_kev == pytest.approx(phantom.true_offset_kev, abs=0.002)
+        assert calibration.scale_kev == pytest.approx(phantom.true_scale_kev, rel=3e-4)
 
 
 def test_a_lone_peak_does_not_calibrate():
@@ -59,6 +72,17 @@ def test_a_lone_peak_does_not_calibrate():
     assert not calibration.applied
     assert (calibration.offset_kev, calibration.scale_kev) == (0.0, 0.01)
     assert "needed" in calibration.reason
+
+
+def test_a_misidentified_line_is_dropped():
+    """A line 40 eV off the others' fit (a wrong element's line) does not pull the axis."""
+    from edx_live.quantify.calibration import _fit_axis
+
+    located = [("Si_Ka", 1.7397, 0.0, 1.0), ("Fe_Ka", 6.4039, 0.0, 1.0), ("Cu_Ka", 8.0478, 0.0, 1.0),
+               ("Zn_Ka", 8.6389, 0.04, 1.0)]
+    a, b, residual = _fit_axis(located)
+    assert [row[0] for row in located] == ["Si_Ka", "Fe_Ka", "Cu_Ka"]
+    assert abs(a) < 1e-9 and b == pytest.approx(1.0) and residual < 1e-9
 
 
 def test_too_few_counts_keep_the_nominal_axis():

@@ -9,16 +9,16 @@ for it, and a model with lines at the nominal energies fits the wrong channels.
 is proposed or fitted:
 
 1. propose the elements on the current axis (:func:`.propose.propose_elements`);
-2. for every principal line (Ka, La, Ma) of the proposed and named elements whose
+2. for every K-alpha line above 1 keV of the proposed and named elements whose
    peak is strong (``MIN_SIGNIFICANCE`` sigma) and clear of other elements' lines, find
    the shift that puts the line family (exspy's lines, weights and detector widths) on
    the background-subtracted peak: least squares of ``A * family(E - s) + b`` over the
    peak, ``s`` searched on a 1 eV grid and refined by a parabola;
 3. fit true energy = a + b x measured energy over those lines, weighted by their counts
-   (offset only when the lines span less than ``MIN_GAIN_SPAN_KEV``);
-4. repeat on the corrected axis, where peaks that were too far from their lines (O Ka,
-   C Ka on a shifted axis) are now proposed and join the fit, until it moves less than
-   ``CONVERGED_EV``.
+   (offset only when the lines span less than ``MIN_GAIN_SPAN_KEV``), dropping a line that
+   sits far off the others' fit (a wrong element's line);
+4. repeat on the corrected axis, where elements whose peaks were too far from their lines
+   (O Ka, C Ka on a shifted axis) are now proposed, until it moves less than ``CONVERGED_EV``.
 
 A correction larger than ``MAX_SHIFT_KEV`` at any line, or a gain further than
 ``MAX_GAIN_ERROR`` from 1, is refused and the nominal axis kept: the spectrum does not
@@ -51,6 +51,13 @@ OVERLAP_FRACTION = 0.1
 MIN_GAIN_SPAN_KEV = 2.0
 #: The iteration stops when the axis moves less than this at every line (eV).
 CONVERGED_EV = 0.5
+#: Lines that calibrate: K-alpha lines are where the database and the detector agree best; L and M
+#: series are blends whose centroid moves with their unlisted lines and chemistry, and below 1 keV
+#: incomplete charge collection and absorption move the peaks.
+CALIBRATING_LINES = ("Ka",)
+MIN_CALIBRATING_KEV = 1.0
+#: A line further than this from the others' fit (and 3 x their rms) is dropped as misidentified (eV).
+OUTLIER_EV = 5.0
 #: Lines needed: one peak alone may be the wrong element's line.
 MIN_LINES = 2
 #: Iterations at most.
@@ -193,8 +200,8 @@ def _locate(counts, offset, scale, beam, resolution, elements, min_significance,
     lines = {el: [line for line in _element_lines(el) if line[1] < beam] for el in elements}
     out = []
     for element, own in lines.items():
-        principal = [line for line in own if line[0].split("_")[1] in ("Ka", "La", "Ma")
-                     and data.low + 0.05 <= line[1] <= data.high - 0.05]
+        principal = [line for line in own if line[0].split("_")[1] in CALIBRATING_LINES
+                     and max(data.low + 0.05, MIN_CALIBRATING_KEV) <= line[1] <= data.high - 0.05]
         for name, energy, weight in principal:
             width = fwhm_kev(resolution, energy)
             mine = strength.get(element, np.inf) * weight / _main_weight(own, beam)
@@ -253,7 +260,26 @@ def _shift(data, family, energy: float, width: float, min_significance: float):
 
 
 def _fit_axis(located) -> tuple[float, float, float]:
-    """(a, b, weighted rms residual keV) of true = a + b x measured; b = 1 when the lines span too little."""
+    """(a, b, weighted rms residual keV) of true = a + b x measured, dropping misidentified lines.
+
+    A line whose residual exceeds ``OUTLIER_EV`` and three times the others' rms is dropped
+    (from the list, in place) and the fit repeated, while at least ``MIN_LINES`` remain.
+    """
+    while True:
+        a, b, residual, worst = _fit_once(located)
+        if worst is None or len(located) <= MIN_LINES:
+            return a, b, residual
+        rest = [row for k, row in enumerate(located) if k != worst]
+        _, _, rest_rms, _ = _fit_once(rest)
+        true, shift = located[worst][1], located[worst][2]
+        off = abs(true - (a + b * (true + shift)))
+        if off * 1000 <= max(OUTLIER_EV, 3000 * rest_rms):
+            return a, b, residual
+        del located[worst]
+
+
+def _fit_once(located) -> tuple[float, float, float, int | None]:
+    """(a, b, weighted rms residual keV, index of the largest residual) of true = a + b x measured."""
     true = np.array([energy for _, energy, _, _ in located])
     measured = true + np.array([shift for _, _, shift, _ in located])
     w = np.array([weight for _, _, _, weight in located])
@@ -262,5 +288,6 @@ def _fit_axis(located) -> tuple[float, float, float]:
     else:
         design = np.stack([np.ones_like(measured), measured], axis=1) * np.sqrt(w)[:, None]
         (a, b), *_ = np.linalg.lstsq(design, true * np.sqrt(w), rcond=None)
-    residual = float(np.sqrt(np.average((true - a - b * measured) ** 2, weights=w)))
-    return float(a), float(b), residual
+    off = np.abs(true - a - b * measured)
+    residual = float(np.sqrt(np.average(off ** 2, weights=w)))
+    return float(a), float(b), residual, (int(np.argmax(off)) if len(off) > 1 else None)
