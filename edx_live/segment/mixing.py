@@ -156,29 +156,46 @@ def merge_mixed_clusters(data: np.ndarray, labels: np.ndarray, strength: np.ndar
         In the original cluster numbers.
     """
     k = int(labels.max()) + 1 if labels.size else 0
-    if k < 2:
+    model = gaussian_model(data[labels >= 0], labels[labels >= 0]) if k >= 2 else None
+    if model is None:
         return labels, strength, []
-    members = [data[labels == c] for c in range(k)]
-    means = np.array([m.mean(axis=0) for m in members])
-    dof = sum(len(m) for m in members) - k
-    if dof <= data.shape[1]:
-        return labels, strength, []
-    covariance = sum((m - m.mean(axis=0)).T @ (m - m.mean(axis=0)) for m in members) / dof
-    covariance += np.eye(data.shape[1]) * 1e-9 * np.trace(covariance)
+    means, covariance = model
     mixes = mixed_components(means, covariance, empty, max_ratio)
     if not mixes:
         return labels, strength, []
     kept = [c for c in range(k) if c not in {m.component for m in mixes}]
     moved = np.isin(labels, [m.component for m in mixes])
-    w = whiten(data[moved], covariance)
-    w_means = whiten(means[kept], covariance)
-    d2 = ((w[:, None, :] - w_means[None, :, :]) ** 2).sum(axis=2)
-    logp = -0.5 * (d2 - d2.min(axis=1, keepdims=True))
-    post = np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
+    nearest, posterior = classify(data[moved], means[kept], covariance)
     renumber = np.full(k, -1, dtype=np.int64)
     renumber[kept] = np.arange(len(kept))
     out = np.where(labels >= 0, renumber[np.maximum(labels, 0)], labels)
-    out[moved] = d2.argmin(axis=1)
+    out[moved] = nearest
     new_strength = strength.copy()
-    new_strength[moved] = post.max(axis=1)
+    new_strength[moved] = posterior
     return out, new_strength, mixes
+
+
+def gaussian_model(data: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Means (k, d) of clusters 0..k-1 of ``labels`` and their pooled within-cluster covariance.
+
+    None when a cluster is empty or there are too few pixels for the covariance.
+    """
+    k = int(labels.max()) + 1 if labels.size else 0
+    members = [data[labels == c] for c in range(k)]
+    dof = sum(len(m) for m in members) - k
+    if k < 1 or dof <= data.shape[1] or any(len(m) == 0 for m in members):
+        return None
+    means = np.array([m.mean(axis=0) for m in members])
+    covariance = sum((m - mu).T @ (m - mu) for m, mu in zip(members, means)) / dof
+    covariance += np.eye(data.shape[1]) * 1e-9 * np.trace(covariance)
+    return means, covariance
+
+
+def classify(points: np.ndarray, means: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Most likely of equal-weight Gaussians with a shared covariance for each point, and its posterior."""
+    w = whiten(points, covariance)
+    w_means = whiten(means, covariance)
+    d2 = ((w[:, None, :] - w_means[None, :, :]) ** 2).sum(axis=2)
+    logp = -0.5 * (d2 - d2.min(axis=1, keepdims=True))
+    post = np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
+    return d2.argmin(axis=1).astype(np.int64), post.max(axis=1)

@@ -70,7 +70,8 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
     max_fit_samples : int
         Pixels used to choose the cluster count; all pixels are used for the final mixture.
     random_state : int, RandomState or None
-    scaling, energy_rebin, normalize, min_channel_counts : see :func:`~edx_live.segment.preprocess.prepare`
+    scaling, energy_rebin, normalize, min_channel_counts, max_pixel_gain : see
+        :func:`~edx_live.segment.preprocess.prepare`
     energy_min_kev, energy_max_kev, energy_offset_kev, energy_scale_kev : idem
         The window applies only when the calibration is given.
 
@@ -92,7 +93,7 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
     def __init__(self, n_components=None, n_clusters=None, max_components=20, max_clusters=8,
                  covariance_type="tied", n_init=2, merge_mixed=True, max_fit_samples=8192, random_state=None,
                  scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
-                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None):
+                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None, max_pixel_gain=2.0):
         self.n_components = n_components
         self.n_clusters = n_clusters
         self.max_components = max_components
@@ -110,6 +111,7 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.energy_max_kev = energy_max_kev
         self.energy_offset_kev = energy_offset_kev
         self.energy_scale_kev = energy_scale_kev
+        self.max_pixel_gain = max_pixel_gain
 
     def fit(self, X, y=None):
         """Fit on counts ``X`` of shape (n_samples, n_channels); returns self."""

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NOISE = -1
+#: The key of ``choices`` whose values are cluster labels (the clusters that non-phases were
+#: merged into, :mod:`~edx_live.segment.phases`); tracking renumbers them with the clusters.
+INTO_KEY = "not_phase_into"
 
 
 @dataclass(frozen=True)

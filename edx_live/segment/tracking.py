@@ -28,7 +28,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from .result import NOISE, SegmentationResult
+from .result import INTO_KEY, NOISE, SegmentationResult
 
 #: Cost given to pairs below the similarity threshold so the assignment avoids them.
 _FORBIDDEN = 1e6
@@ -231,6 +231,9 @@ def _relabel(current: SegmentationResult, new_ids: np.ndarray, next_id: int) -> 
         labels = np.full(current.labels.shape, NOISE, dtype=np.int64)
     order = np.argsort(new_ids, kind="stable")
     choices = dict(current.choices, cluster_ids=[int(i) for i in new_ids[order]], next_cluster_id=int(next_id))
+    if INTO_KEY in choices and new_ids.size:  # the clusters not-phases were merged into, by their new ids
+        into = _rows(np.asarray(choices[INTO_KEY], dtype=np.int64), cluster_ids(current))
+        choices[INTO_KEY] = [float(new_ids[r]) if r >= 0 else float(NOISE) for r in into]
     return dataclasses.replace(current, labels=labels, spectra=current.spectra[order],
                                pixels=current.pixels[order], choices=choices)
 

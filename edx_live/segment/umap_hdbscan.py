@@ -14,13 +14,18 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from .mixing import merge_mixed_clusters, merged_choices
+from .phases import MIN_CLUSTER_PIXELS, PhaseRule, settle_phases
 from .preprocess import PreprocessMixin
+from .result import NOISE as NOISE_LABEL
+from .refine import assign_noise, gathered, icl
 from .scree import pca_to_knee
 
 #: Default smallest cluster, as a fraction of the (binned) pixels.
 MIN_CLUSTER_FRACTION = 0.005
-#: ... and never fewer binned pixels than this.
-MIN_CLUSTER_PIXELS = 20
+#: ... and never fewer binned pixels than :data:`~edx_live.segment.phases.MIN_CLUSTER_PIXELS`.
+
+#: Where a refit's clusters come from (``choices["layout"]``), by index of the candidate layout.
+LAYOUTS = ("this refit's layout", "the previous refit's layout")
 
 
 def default_min_cluster_size(n_samples: int) -> int:
@@ -63,6 +68,12 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     subspace (PCA to the scree knee) let the neighbour graph follow chemistry. UMAP
     works on the PCA scores, which are the rank-k denoised spectra in an
     orthonormal basis: same distances, same graph.
+
+    Live refits hold still: HDBSCAN's choice between a merged and a split cluster
+    flips with the layout (from one seed, or one refit, to the next), so the
+    unassigned pixels are placed, and the previous refit's clusters (found again
+    in the layout it hands on) are kept unless this refit's fit the counts clearly
+    better (:mod:`~edx_live.segment.refine`).
 
     A limit worth knowing: a density method finds a phase only where its pixels
     form a density peak. The Fe-rich shell of the FePt particles, seen in
@@ -112,8 +123,21 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     merge_mixed : bool
         Clusters of mixed pixels (boundaries) or thinner parts of a phase are merged
         into the clusters they mix, as in :class:`~edx_live.segment.PcaGmm`
-        (:func:`~edx_live.segment.mixing.merge_mixed_clusters`).
-    scaling, energy_rebin, normalize, min_channel_counts : see :func:`~edx_live.segment.preprocess.prepare`
+        (:func:`~edx_live.segment.mixing.merge_mixed_clusters`); then clusters that
+        are not phases (:func:`~edx_live.segment.phases.settle_phases`) are merged.
+    assign_noise : bool
+        Give every pixel HDBSCAN leaves unassigned its most likely cluster
+        (:func:`~edx_live.segment.refine.assign_noise`); its confidence is that posterior.
+    gather : float
+        The layout handed on in ``warm_start_`` has each cluster drawn in to at most
+        this fraction of the layout's spread, so that the next refit finds this
+        refit's clusters in it (:func:`~edx_live.segment.refine.gathered`).
+    keep_margin : float
+        With ``init``, the clusters found in it (the previous refit's) are kept unless
+        this refit's layout gives clusters whose ICL is lower by more than this many
+        units per pixel.
+    scaling, energy_rebin, normalize, min_channel_counts, max_pixel_gain : see
+        :func:`~edx_live.segment.preprocess.prepare`
     energy_min_kev, energy_max_kev, energy_offset_kev, energy_scale_kev : idem
 
     Attributes
@@ -126,7 +150,8 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     outlier_scores_ : numpy.ndarray of float, shape (n_samples,)
         HDBSCAN's GLOSH outlier score in [0, 1]; placed pixels get their voters' mean.
     warm_start_ : dict
-        ``{"embedding": ...}`` of the fitted pixels, for the next refit's ``init``.
+        ``{"embedding": ...}`` of the fitted pixels, for the next refit's ``init``: the
+        layout the clusters came from, each cluster gathered towards its centroid.
     n_clusters_ : int
     n_components_ : int
         PCA components kept before UMAP (0 if skipped).
@@ -137,8 +162,9 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     def __init__(self, n_components=4, n_neighbors=15, min_dist=0.0, min_cluster_size=None, min_samples=None,
                  cluster_selection_method="eom", pca_components=None, max_pca_components=20, random_state=None,
                  max_fit_samples=16384, place_neighbors=15, init=None, warm_epochs=60, merge_mixed=True,
+                 assign_noise=True, gather=0.05, keep_margin=0.1,
                  scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
-                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None):
+                 energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None, max_pixel_gain=2.0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -153,6 +179,9 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.init = init
         self.warm_epochs = warm_epochs
         self.merge_mixed = merge_mixed
+        self.assign_noise = assign_noise
+        self.gather = gather
+        self.keep_margin = keep_margin
         self.scaling = scaling
         self.energy_rebin = energy_rebin
         self.normalize = normalize
@@ -161,6 +190,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.energy_max_kev = energy_max_kev
         self.energy_offset_kev = energy_offset_kev
         self.energy_scale_kev = energy_scale_kev
+        self.max_pixel_gain = max_pixel_gain
 
     def fit(self, X, y=None):
         """Fit on counts ``X`` of shape (n_samples, n_channels); returns self."""
@@ -174,20 +204,46 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         data = self._denoise(data, rng)
         sample = fit_sample(n, self.max_fit_samples)
         fitted = data if sample is None else data[sample]
-        self.embedding_ = self._embed(fitted, rng)
-        self.warm_start_ = {"embedding": self.embedding_}
-        labels, strength, outlier = self._cluster(self.embedding_)
+        embedding = self._embed(fitted, rng)
+        previous = [np.asarray(self.init, dtype=np.float64)] if self.choices_["umap_warm_start"] else []
+        layouts = [embedding] + previous
+        candidates = [self._labelled(layout, data, sample, prepared, X) for layout in layouts]
+        scores = [icl(data, labels) for labels, *_ in candidates]
+        # The previous refit's clusters stay unless this refit's fit the counts clearly better.
+        best = int(len(scores) > 1 and scores[0] > scores[1] - self.keep_margin * n)
+        labels, strength, outlier, info = candidates[best]
+        self.embedding_ = layouts[best]
+        fitted_labels = labels if sample is None else labels[sample]
+        self.warm_start_ = {"embedding": gathered(self.embedding_, fitted_labels, self.gather)}
+        self.n_clusters_ = int(labels.max()) + 1 if labels.size else 0
+        self.labels_, self.probabilities_, self.outlier_scores_ = labels, strength, outlier
+        self.choices_.update(info, n_clusters=self.n_clusters_, layout=LAYOUTS[best], layout_icl=scores,
+                             fit_samples=int(fitted.shape[0]), placed_samples=int(n - fitted.shape[0]),
+                             noise_pixels=int(np.count_nonzero(labels < 0)))
+        return self
+
+    def _labelled(self, embedding: np.ndarray, data: np.ndarray, sample, prepared, X):
+        """Every pixel's cluster from one layout: HDBSCAN, placement, noise placed, mixes merged.
+
+        Returns labels, strength, outlier scores and what was chosen (for ``choices_``).
+        """
+        labels, strength, outlier, info = self._cluster(embedding)
         if sample is not None:
             labels, strength, outlier = place(data, sample, labels, strength, outlier, self.place_neighbors)
+        if self.assign_noise:
+            labels, strength, placed = assign_noise(data, labels, strength)
+            info["noise_assigned"] = placed
         if self.merge_mixed:
             empty = prepared.empty if self.pca_ is None else self.pca_.transform(prepared.empty[None, :])[0]
             labels, strength, mixes = merge_mixed_clusters(data, labels, strength, empty[:data.shape[1]])
-            self.n_clusters_ = int(labels.max()) + 1 if labels.size else 0
-            self.choices_.update(n_clusters=self.n_clusters_, **merged_choices(mixes))
-        self.labels_, self.probabilities_, self.outlier_scores_ = labels, strength, outlier
-        self.choices_.update(fit_samples=int(fitted.shape[0]), placed_samples=int(n - fitted.shape[0]),
-                             noise_pixels=int(np.count_nonzero(labels < 0)))
-        return self
+            info.update(merged_choices(mixes))
+        if labels.size and labels.max() > 0:
+            mapping = settle_phases(X, labels, PhaseRule(), self.energy_offset_kev, self.energy_scale_kev).mapping
+            kept = np.unique(mapping[mapping >= 0])
+            renumber = np.full(mapping.size, NOISE_LABEL, dtype=np.int64)
+            renumber[mapping >= 0] = np.searchsorted(kept, mapping[mapping >= 0])
+            labels = np.where(labels >= 0, renumber[np.maximum(labels, 0)], NOISE_LABEL)
+        return labels, strength, outlier, info
 
     def _denoise(self, data: np.ndarray, rng) -> np.ndarray:
         self.pca_ = None
@@ -222,7 +278,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
                              min_dist=float(self.min_dist))
         return np.asarray(embedding)
 
-    def _cluster(self, embedding: np.ndarray) -> None:
+    def _cluster(self, embedding: np.ndarray):
         import hdbscan
 
         n = embedding.shape[0]
@@ -233,9 +289,8 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
                                 cluster_selection_method=self.cluster_selection_method)
         model.fit(embedding)
         labels = model.labels_.astype(np.int64)
-        self.n_clusters_ = int(labels.max()) + 1 if n else 0
-        self.choices_.update(
-            n_clusters=self.n_clusters_,
+        info = dict(
+            hdbscan_clusters=int(labels.max()) + 1 if n else 0,
             min_cluster_size=size,
             min_cluster_size_method=("user" if self.min_cluster_size is not None
                                      else f"{MIN_CLUSTER_FRACTION:.1%} of the pixels, at least {MIN_CLUSTER_PIXELS}"),
@@ -244,7 +299,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
             cluster_persistence=[float(v) for v in model.cluster_persistence_])
         strength = np.clip(np.nan_to_num(model.probabilities_), 0.0, 1.0)
         outlier = np.clip(np.nan_to_num(np.asarray(model.outlier_scores_, dtype=np.float64)), 0.0, 1.0)
-        return labels, strength, outlier
+        return labels, strength, outlier, info
 
     def _fit_single(self, n_samples: int, reason: str):
         self.labels_ = np.zeros(n_samples, dtype=np.int64)
