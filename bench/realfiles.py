@@ -13,8 +13,9 @@ detected), the k-factor source, the energy calibration and model fit of the comp
 the refit at which the clusters document first says ``converged``, and the agreement (ARI with
 the previous refit) of every refit. Where the answer is known, its error:
 
-* core_shell.hspy: the FePt-core cluster against HyperSpy's own model fit of the same (hard-mask)
-  pixels, with the dataset's k-factors Fe_Ka 1.450226, Pt_La 5.075602 (bench/quantify.py's code);
+* core_shell.hspy: the FePt-core cluster against HyperSpy's own model fit of the same pixels
+  (the cluster's core, the pixels it was measured on), with the dataset's k-factors
+  Fe_Ka 1.450226, Pt_La 5.075602 (bench/quantify.py's code);
 * SiO2 EDS Spectrum Image.hspy: the O/Si atomic ratio of the SiO2 cluster (the cluster with the
   most Si K counts per pixel), 2 for stoichiometric SiO2; the file names no elements;
 * test_TEM.bcf: the O/Ti atomic ratio of the cluster holding most of the TiO2 region (the file's
@@ -419,16 +420,24 @@ class Known:
         if not with_pt:
             return Verdict(text="no cluster with Pt quantified", short="no Pt")
         core = max(with_pt, key=lambda c: c.elements["Pt"].atomic_percent)
+        from edx_live.quantify.cores import cores
+
         labels = arrays["labels"]
         binned = binned_like_labels(np.asarray(self.signal.data, dtype=np.float64), labels.shape, header.bin_factor)
-        spectrum = bq._like(self.signal, hs.signals.Signal1D(binned[labels == core.label].sum(axis=0)))
+        # The pixels the composition was measured on: the cluster's core (or interior), from its label map.
+        ids = [c.label for c in comp.clusters]
+        rows = np.full(labels.shape, -1)
+        for row, label in enumerate(ids):
+            rows[labels == label] = row
+        measured = cores(rows, len(ids)).measured == ids.index(core.label)
+        spectrum = bq._like(self.signal, hs.signals.Signal1D(binned[measured].sum(axis=0)))
         low, high = fit_range(comp.fit)
         model = bq._hyperspy_model(spectrum, list(comp.fit.get("elements", ["Fe", "Pt"])), low, high)
         windows = bq._hyperspy_windows(spectrum)
         fe = core.elements["Fe"]
         err = fe.atomic_percent - model[0]
         text = (f"core #{core.label}: Fe {_f(fe.atomic_percent)} ± {_f(fe.atomic_percent_sigma)} at% (membership "
-                f"weighted) vs HyperSpy's model fit of the same {int((labels == core.label).sum())} hard-mask "
+                f"weighted) vs HyperSpy's model fit of the same {int(measured.sum())} {core.pixel_level or 'all'} "
                 f"binned px over {low:.2f}..{high:.2f} keV Fe {model[0]:.1f} (HyperSpy windows Fe {windows[0]:.1f}): "
                 f"error {err:+.1f} at% Fe")
         short = (f"core #{core.label}: Fe {_f(fe.atomic_percent)} ± {_f(fe.atomic_percent_sigma)} vs HyperSpy "

@@ -85,7 +85,8 @@ def test_a_lone_hot_pixel_is_not_a_phase():
         keep = result.labels.ravel() >= 0
         assert adjusted_rand_score(truth.ravel()[keep], result.labels.ravel()[keep]) > 0.9
         c = result.choices
-        assert "G-test" in c.get("phase_rule", "") and len(c["not_phase_pixels"]) == len(c["not_phase_into"])
+        assert "G-test" in c.get("phase_rule", "") and "pooled standard deviations" in c["phase_rule"]
+        assert len(c["not_phase_pixels"]) == len(c["not_phase_into"]) == len(c["not_phase_separation"])
 
 
 def test_the_published_into_label_follows_the_tracked_ids():
@@ -188,3 +189,59 @@ def test_umap_hdbscan_converges_on_core_shell_replayed_sweep_by_sweep_with_stabl
     first = converged[0]
     assert all(flag for flag, _, _ in refits[first:]), refits
     assert len({tuple(ids) for _, ids, _ in refits[first - 2:]}) == 1, refits  # ids stay put
+
+
+# -- a phase cut along its noise ------------------------------------------------------------------
+
+
+def test_a_phase_cut_along_its_noise_is_one_phase_though_the_g_test_tells_the_halves_apart():
+    from edx_live.segment.phases import PhaseRule, g_test, separation, settle_phases
+
+    rng = np.random.default_rng(4)
+    cube, truth = three_phases(4)
+    dim = rng.poisson(np.full(CHANNELS, 0.02) + 0.8 * _peak(30) + 0.4 * _peak(90), size=(32, 32, CHANNELS))
+    cube[truth == 0] = dim[truth == 0]  # phase 0: a few counts per pixel, like resin
+    labels = truth.copy()
+    # Cut phase 0 by its own counts: pixels with more counts in its first peak than in its second.
+    first, second = cube[..., 20:40].sum(axis=2), cube[..., 80:100].sum(axis=2)
+    labels[(truth == 0) & (first > 2 * second)] = 3
+    halves = [cube[labels == k].sum(axis=0) for k in (0, 3)]
+    assert g_test(*halves).p_value < 1e-6  # the sums of a cut by the counts differ
+    assert separation(cube[labels == 0], cube[labels == 3]) < 3.0
+    # Real phases, however similar, are far apart pixel by pixel.
+    assert separation(cube[truth == 1], cube[truth == 2]) > 7.0
+    settled = settle_phases(cube, labels, PhaseRule(), None, None)
+    assert settled.mapping.tolist() == [0, 1, 2, 0]
+    (action,) = settled.actions
+    assert action["cluster"] == 3 and action["p_value"] < 1e-3 and action["separation"] < 4.0
+    assert settle_phases(cube, labels, PhaseRule(min_separation=0.0), None, None).mapping.tolist() == [0, 1, 2, 3]
+
+
+def test_a_grains_mixed_rim_goes_to_the_phase_that_covers_most_of_it():
+    from edx_live.segment.refine import gaussian_boundaries
+
+    rng = np.random.default_rng(6)
+    matrix = rng.normal(0.0, 1.0, size=(400, 2))
+    grain = rng.normal(0.0, 1.0, size=(40, 2)) + [8.0, 0.0]
+    rim = rng.normal(0.0, 1.0, size=(30, 2)) + [2.0, 0.0]  # mostly matrix, a little grain
+    data = np.vstack([matrix, grain, rim])
+    labels = np.r_[np.zeros(400), np.ones(70)].astype(np.int64)  # the rim drawn into the grain's cluster
+    labels[5] = -1
+    moved_labels, strength, moved = gaussian_boundaries(data, labels, np.ones(labels.size))
+    assert moved >= 25 and np.all(moved_labels[440:][strength[440:] >= 0.9] == 0)
+    assert np.all(moved_labels[400:440] == 1) and moved_labels[5] == -1
+    # A pixel the mixture is not sure of keeps its cluster, so that the map holds still between refits.
+    assert np.all((moved_labels == labels) | (strength >= 0.9))
+
+
+def test_one_normal_population_split_at_any_threshold_lies_under_the_separation_a_phase_needs():
+    from edx_live.segment.phases import PhaseRule, separation
+
+    rng = np.random.default_rng(5)
+    shape = np.full(40, 1.0) + 10 * _peak(12)[:40] + 6 * _peak(30)[:40]
+    pixels = rng.poisson(shape * 30, size=(4000, 40))
+    w = rng.normal(size=40)  # any direction of the counts
+    t = pixels @ w
+    for q in (10, 30, 50, 80):
+        cut = t > np.percentile(t, q)
+        assert separation(pixels[cut], pixels[~cut]) < 2.7 < PhaseRule().min_separation, q

@@ -134,3 +134,26 @@ def test_time_to_target_follows_counting_statistics():
     if doc.reachable and not doc.reached:
         assert doc.sweeps == pytest.approx((t.factor - 1) * 5)
         assert doc.seconds == pytest.approx(doc.sweeps * 2.0)
+
+
+def test_a_detected_element_beside_an_undetected_one_carries_what_may_hide_below_the_limit():
+    """An element not detected may hold up to its limit: the detected ones are not 100 +- 0 beside it."""
+    from edx_live.quantify.composition import undetected_share
+
+    detected = np.array([[True, False, True], [True, True, True]])
+    limit = np.array([[np.nan, 30.0, np.nan], [np.nan, np.nan, np.nan]])
+    assert undetected_share(detected, limit, 3.0).ravel().tolist() == [10.0, 0.0]
+    phantom = make_phantom((64, 64), seed=0)
+    labels = phantom.binned_labels(2)
+    cube = phantom.binned_counts(2.0, 2, seed=3)  # a hundredth of the dose: wide detection limits
+    quant = ClusterQuantifier(QuantifyOptions())(cube, labels, len(phantom.phases), _setup(phantom), random_state=0)
+    largest = 0.0
+    for cluster in quant.clusters:
+        hidden = np.sqrt(sum((r.detection_limit_atomic_percent / 3) ** 2
+                             for r in cluster.elements.values() if not r.detected))
+        largest = max(largest, hidden)
+        for r in cluster.elements.values():
+            if r.detected:
+                assert r.atomic_percent_sigma >= 0.99 * r.atomic_percent * hidden / 100
+                assert r.atomic_percent_sigma_bias >= 0.99 * r.atomic_percent * hidden / 100
+    assert largest > 1.0  # some cluster has an element that may hide more than 1 at%

@@ -365,6 +365,16 @@ def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[floa
     return detected, limit
 
 
+def undetected_share(detected: np.ndarray, limit: np.ndarray, sigmas: float) -> np.ndarray:
+    """1-sigma at% (n_clusters, 1) the elements not detected in a cluster may hold between them.
+
+    Each may lie anywhere below its detection limit, ``sigmas`` of its own sigma: its 1-sigma is
+    the limit / ``sigmas``; the cluster's is their root sum of squares.
+    """
+    below = np.where(detected, 0.0, np.nan_to_num(limit)) / sigmas
+    return np.sqrt((below ** 2).sum(axis=-1, keepdims=True))
+
+
 def _or_none(value) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
@@ -447,7 +457,7 @@ class ClusterQuantifier:
         sweeps and seconds.
         """
         o = self.options
-        require_kfactors(setup.xray_lines, setup.kfactors)
+        factors = require_kfactors(setup.xray_lines, setup.kfactors)
         if len(setup.xray_lines) < 2:
             raise ValueError(f"Cliff-Lorimer needs at least two X-ray lines, got {list(setup.xray_lines)}; "
                              "name more elements")
@@ -465,7 +475,7 @@ class ClusterQuantifier:
         chosen = cores(lab, n_clusters, use) if o.cluster_pixels == "core" else None
         samples = cluster_samples(cube, lab if chosen is None else chosen.measured, n_clusters, **kw)
         reference = None if chosen is None else cluster_samples(cube, chosen.reference, n_clusters, **kw)
-        return self._quantify(samples, setup, model, pixels, chosen, reference, frames, seconds)
+        return self._quantify(samples, setup, factors, model, pixels, chosen, reference, frames, seconds)
 
     def _intensities(self, samples: ClusterSamples, setup: Setup, model: LineModel | None):
         """(line intensities of every sample, background windows or None)."""
@@ -475,18 +485,18 @@ class ClusterQuantifier:
                                                   setup.scale_kev, setup.detector, self.options.windows)
         return intensities, windows
 
-    def _fractions(self, intensities: np.ndarray, setup: Setup, detected: np.ndarray):
+    def _fractions(self, intensities: np.ndarray, setup: Setup, factors: Sequence[float], detected: np.ndarray):
         """(wt fractions, at fractions, entropy) of every sample, lines not detected in a cluster left out."""
         o = self.options
         lines = list(setup.xray_lines)
         kept = np.where(detected[:, None, :], intensities, 0.0)
-        wt = weight_fractions(kept, lines, require_kfactors(lines, setup.kfactors), setup.detector, o.thickness_nm)
+        wt = weight_fractions(kept, lines, factors, setup.detector, o.thickness_nm)
         at = _atomic(wt, list(setup.elements))
         species = sublattice(list(setup.elements), o.sublattice, o.sublattice_exclude)
         return wt, at, configurational_entropy(at, list(setup.elements), species)
 
-    def _quantify(self, samples: ClusterSamples, setup: Setup, model: LineModel | None, pixels: np.ndarray,
-                  chosen: Cores | None, reference: ClusterSamples | None, frames: int,
+    def _quantify(self, samples: ClusterSamples, setup: Setup, factors: list[float], model: LineModel | None,
+                  pixels: np.ndarray, chosen: Cores | None, reference: ClusterSamples | None, frames: int,
                   seconds: float | None) -> Quantification:
         o = self.options
         lines = list(setup.xray_lines)
@@ -514,27 +524,31 @@ class ClusterQuantifier:
             if alternatives:
                 intensity = intensity.with_systematic(np.max([np.abs(a - intensity.value) for a in alternatives],
                                                              axis=0))
-        detected, limit = detection(intensity, lines, require_kfactors(lines, setup.kfactors), setup.detector,
-                                    elements, o.detection_sigma, o.thickness_nm)
-        wt, at, entropy = self._fractions(intensities, setup, detected)
+        detected, limit = detection(intensity, lines, factors, setup.detector, elements, o.detection_sigma,
+                                    o.thickness_nm)
+        wt, at, entropy = self._fractions(intensities, setup, factors, detected)
         atomic, weight = estimate(100 * at, samples), estimate(100 * wt, samples)
         entropy_estimate = estimate(entropy, samples)
         if model is not None:
             atomic, weight = atomic.with_misfit(birge), weight.with_misfit(birge)
             entropy_estimate = entropy_estimate.with_misfit(birge)
         if alternatives:
-            changes = [self._fractions(a[:, None, :], setup, detected) for a in alternatives]
+            changes = [self._fractions(a[:, None, :], setup, factors, detected) for a in alternatives]
             atomic = atomic.with_systematic(np.max([np.abs(100 * c[1][:, 0] - atomic.value) for c in changes], axis=0))
             weight = weight.with_systematic(np.max([np.abs(100 * c[0][:, 0] - weight.value) for c in changes], axis=0))
             entropy_estimate = entropy_estimate.with_systematic(
                 np.max([np.abs(c[2][:, 0] - entropy_estimate.value) for c in changes], axis=0))
         if reference is not None:
             ref_wt, ref_at, ref_entropy = self._fractions(self._intensities(reference, setup, model)[0], setup,
-                                                          detected)
+                                                          factors, detected)
             atomic = atomic.with_bias(estimate(100 * ref_at, reference))
             weight = weight.with_bias(estimate(100 * ref_wt, reference))
             entropy_estimate = entropy_estimate.with_bias(estimate(ref_entropy, reference))
-        factors = require_kfactors(lines, setup.kfactors)
+        # An element not detected may still be there, up to its limit (3 sigma): the detected ones' share
+        # is then lower by as much, which their sigma says (Pb 100 +- 0 beside S n.d. < 54 was no answer).
+        hidden = undetected_share(detected, limit, o.detection_sigma)
+        atomic = atomic.with_systematic(np.where(detected, atomic.value, 0.0) * hidden / 100)
+        weight = weight.with_systematic(np.where(detected, weight.value, 0.0) * hidden / 100)
         return Quantification(
             xray_lines=tuple(lines), elements=tuple(elements), kfactors=dict(zip(lines, factors)),
             kfactor_source=setup.kfactor_source, kfactors_theoretical=setup.kfactors_theoretical,

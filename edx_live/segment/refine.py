@@ -24,12 +24,28 @@ the answer follow the counts instead:
   a boundary that moves by a few noisy pixels, no longer changes the answer; a
   better answer still replaces it, with its own layout.
 
+A third step puts the boundaries where the counts put them:
+
+- :func:`gaussian_boundaries`: UMAP draws a small phase's mixed rim into the
+  phase's own cluster (its neighbourhood graph links a pixel to whichever side it
+  shares a line with), so a grain's cluster came out twice the grain (116
+  binned pixels for 59 of Ag-Cd particles). The clusters HDBSCAN found seed one
+  EM step of a Gaussian mixture with a shared covariance in PCA space (what
+  :class:`~edx_live.segment.PcaGmm` fits), weighted by their sizes, and a pixel
+  whose posterior for another cluster is at least 0.9 moves there: a rim pixel to
+  the phase that covers most of it. Undecided pixels stay, or the boundary would
+  move with the noise at every refit (the demo's umap-hdbscan stopped converging).
+
 Pure code: no I/O.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 
 from .mixing import classify, gaussian_model, whiten
 
@@ -43,6 +59,43 @@ def assign_noise(data: np.ndarray, labels: np.ndarray, strength: np.ndarray) -> 
     labels, strength = labels.copy(), strength.copy()
     labels[noise], strength[noise] = classify(data[noise], *model)
     return labels, strength, int(noise.sum())
+
+
+def gaussian_boundaries(data: np.ndarray, labels: np.ndarray, strength: np.ndarray, decisive: float = 0.9,
+                        random_state=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each assigned pixel to its most probable cluster, after one EM step seeded by ``labels``, if decisive.
+
+    The seed is the clusters' means, pooled covariance and sizes (a Gaussian mixture with
+    a shared covariance, scikit-learn's ``covariance_type="tied"``). A pixel moves only when
+    its posterior for its most probable cluster is at least ``decisive``; an undecided pixel
+    keeps its cluster, so that noise does not move a boundary from one refit to the next.
+    Returns labels (clusters left empty removed, the rest renumbered in order), strength
+    (the posterior of the pixel's cluster) and how many pixels moved. Pixels with label < 0
+    stay unassigned.
+    """
+    keep = labels >= 0
+    model = gaussian_model(data[keep], labels[keep]) if np.any(keep) else None
+    if model is None or model[0].shape[0] < 2:
+        return labels, strength, 0
+    means, covariance = model
+    k = means.shape[0]
+    weights = np.bincount(labels[keep], minlength=k) / np.count_nonzero(keep)
+    mixture = GaussianMixture(k, covariance_type="tied", weights_init=weights, means_init=means,
+                              precisions_init=np.linalg.inv(covariance), max_iter=1, random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixture.fit(data[keep])
+    posterior = mixture.predict_proba(data[keep])
+    chosen = posterior.argmax(axis=1)
+    undecided = posterior.max(axis=1) < decisive
+    chosen[undecided] = labels[keep][undecided]
+    used = np.unique(chosen)
+    renumber = np.full(k, -1, dtype=np.int64)
+    renumber[used] = np.arange(used.size)
+    out, out_strength = labels.copy(), strength.copy()
+    changed = int(np.count_nonzero(chosen != labels[keep]))
+    out[keep], out_strength[keep] = renumber[chosen], posterior[np.arange(chosen.size), chosen]
+    return out, out_strength, changed
 
 
 def icl(data: np.ndarray, labels: np.ndarray) -> float:

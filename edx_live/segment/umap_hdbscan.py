@@ -17,7 +17,7 @@ from .mixing import merge_mixed_clusters, merged_choices
 from .phases import MIN_CLUSTER_PIXELS, PhaseRule, settle_phases
 from .preprocess import PreprocessMixin
 from .result import NOISE as NOISE_LABEL
-from .refine import assign_noise, gathered, icl
+from .refine import assign_noise, gathered, gaussian_boundaries, icl
 from .scree import pca_to_knee
 
 #: Default smallest cluster, as a fraction of the (binned) pixels.
@@ -128,6 +128,11 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     assign_noise : bool
         Give every pixel HDBSCAN leaves unassigned its most likely cluster
         (:func:`~edx_live.segment.refine.assign_noise`); its confidence is that posterior.
+    gaussian_boundaries : bool
+        After one EM step of a Gaussian mixture seeded by the clusters, move a pixel whose
+        posterior for another cluster is at least 0.9 there
+        (:func:`~edx_live.segment.refine.gaussian_boundaries`), so that a small phase's mixed
+        rim goes to the phase covering most of it.
     gather : float
         The layout handed on in ``warm_start_`` has each cluster drawn in to at most
         this fraction of the layout's spread, so that the next refit finds this
@@ -162,7 +167,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
     def __init__(self, n_components=4, n_neighbors=15, min_dist=0.0, min_cluster_size=None, min_samples=None,
                  cluster_selection_method="eom", pca_components=None, max_pca_components=20, random_state=None,
                  max_fit_samples=16384, place_neighbors=15, init=None, warm_epochs=60, merge_mixed=True,
-                 assign_noise=True, gather=0.05, keep_margin=0.1,
+                 assign_noise=True, gaussian_boundaries=True, gather=0.05, keep_margin=0.1,
                  scaling="poisson", energy_rebin=8, normalize=False, min_channel_counts=1.0, energy_min_kev=0.2,
                  energy_max_kev=None, energy_offset_kev=None, energy_scale_kev=None, max_pixel_gain=2.0):
         self.n_components = n_components
@@ -180,6 +185,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.warm_epochs = warm_epochs
         self.merge_mixed = merge_mixed
         self.assign_noise = assign_noise
+        self.gaussian_boundaries = gaussian_boundaries
         self.gather = gather
         self.keep_margin = keep_margin
         self.scaling = scaling
@@ -233,6 +239,9 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         if self.assign_noise:
             labels, strength, placed = assign_noise(data, labels, strength)
             info["noise_assigned"] = placed
+        if self.gaussian_boundaries:
+            labels, strength, moved = gaussian_boundaries(data, labels, strength, random_state=self.random_state)
+            info["boundary_pixels_moved"] = moved
         if self.merge_mixed:
             empty = prepared.empty if self.pca_ is None else self.pca_.transform(prepared.empty[None, :])[0]
             labels, strength, mixes = merge_mixed_clusters(data, labels, strength, empty[:data.shape[1]])
