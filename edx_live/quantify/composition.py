@@ -365,16 +365,6 @@ def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[floa
     return detected, limit
 
 
-def undetected_share(detected: np.ndarray, limit: np.ndarray, sigmas: float) -> np.ndarray:
-    """1-sigma at% (n_clusters, 1) the elements not detected in a cluster may hold between them.
-
-    Each may lie anywhere below its detection limit, ``sigmas`` of its own sigma: its 1-sigma is
-    the limit / ``sigmas``; the cluster's is their root sum of squares.
-    """
-    below = np.where(detected, 0.0, np.nan_to_num(limit)) / sigmas
-    return np.sqrt((below ** 2).sum(axis=-1, keepdims=True))
-
-
 def _or_none(value) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
@@ -544,11 +534,13 @@ class ClusterQuantifier:
             atomic = atomic.with_bias(estimate(100 * ref_at, reference))
             weight = weight.with_bias(estimate(100 * ref_wt, reference))
             entropy_estimate = entropy_estimate.with_bias(estimate(ref_entropy, reference))
-        # An element not detected may still be there, up to its limit (3 sigma): the detected ones' share
-        # is then lower by as much, which their sigma says (Pb 100 +- 0 beside S n.d. < 54 was no answer).
-        hidden = undetected_share(detected, limit, o.detection_sigma)
-        atomic = atomic.with_systematic(np.where(detected, atomic.value, 0.0) * hidden / 100)
-        weight = weight.with_systematic(np.where(detected, weight.value, 0.0) * hidden / 100)
+        # An element not detected may still be there: the change of the detected ones had its line been
+        # kept, as measured (at least 0), goes into their bias part (Pb 100 +- 0 beside S n.d. < 54 was no
+        # answer for a galena grain whose S Ka the fit could not tell from Pb Ma).
+        kept_wt, kept_at, _ = self._fractions(np.clip(intensities, 0.0, None), setup, factors,
+                                              np.ones_like(detected, dtype=bool))
+        atomic = atomic.with_systematic(np.where(detected, np.abs(100 * kept_at[:, 0] - atomic.value), 0.0))
+        weight = weight.with_systematic(np.where(detected, np.abs(100 * kept_wt[:, 0] - weight.value), 0.0))
         return Quantification(
             xray_lines=tuple(lines), elements=tuple(elements), kfactors=dict(zip(lines, factors)),
             kfactor_source=setup.kfactor_source, kfactors_theoretical=setup.kfactors_theoretical,
