@@ -245,3 +245,24 @@ def test_one_normal_population_split_at_any_threshold_lies_under_the_separation_
     for q in (10, 30, 50, 80):
         cut = t > np.percentile(t, q)
         assert separation(pixels[cut], pixels[~cut]) < 2.7 < PhaseRule().min_separation, q
+
+
+def test_an_estimator_that_settles_its_phases_itself_is_published_as_it_settled():
+    """segment() does not settle such an estimator again, and names its merges in the published labels."""
+    from sklearn.base import BaseEstimator, ClusterMixin
+
+    cube, truth = three_phases(5)
+
+    class Settled(ClusterMixin, BaseEstimator):  # numbers its clusters small first, one merge recorded
+        def fit(self, X, y=None):
+            order = {0: 2, 1: 0, 2: 1}
+            self.labels_ = np.array([order[t] for t in truth.ravel()])
+            self.choices_ = {"phase_rule": "test", "not_phase_pixels": [9.0, 3.0], "not_phase_into": [2.0, -1.0]}
+            return self
+
+    result = segment(cube, Settled(), "test")
+    # Phase 0 is the largest (its label 2 in the estimator's numbering): label 0 once ordered by size.
+    assert result.choices["not_phase_into"] == [0.0, -1.0]
+    assert result.choices["not_phase_pixels"] == [9.0, 3.0] and result.n_clusters == 3
+    # Without the estimator's record, segment() applies the rule itself and records it its own way.
+    assert "not_phase_separation" in segment(cube, PcaGmm(random_state=0), "pca-gmm").choices

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .phases import PhaseRule, phase_choices, settle_phases
-from .result import NOISE, SegmentationResult, cluster_sums
+from .result import INTO_KEY, NOISE, SegmentationResult, cluster_sums
 
 #: The rule :func:`segment` applies by default.
 DEFAULT_PHASE_RULE = PhaseRule()
@@ -54,6 +54,9 @@ def segment(cube, estimator, workflow_name: str, *, offset_kev: float | None = N
         whose counts cannot tell it from its nearest cluster is merged into it, a
         distinct one too small to be a phase is unassigned. None keeps every
         cluster, and so does an estimator given its cluster count (``n_clusters``).
+        An estimator that applies the rule itself (its ``choices_`` carry
+        ``not_phase_into``, as :class:`~edx_live.segment.UmapHdbscan`'s) is not
+        settled again; its choices are published in this function's label order.
 
     Returns
     -------
@@ -77,7 +80,11 @@ def segment(cube, estimator, workflow_name: str, *, offset_kev: float | None = N
     spectra, pixels = cluster_sums(cube, flat.reshape(rows, columns), n_clusters)
     confidence = np.asarray(getattr(model, "probabilities_", np.ones(flat.size)), dtype=np.float64)
     choices = dict(getattr(model, "choices_", {}))
-    if phase_rule is not None and getattr(model, "n_clusters", None) is None and n_clusters > 0:
+    if INTO_KEY in choices:  # the estimator settled its phases itself: its labels, in the order above
+        raw = np.asarray(model.labels_).ravel()
+        choices[INTO_KEY] = [float(flat[raw == label][0]) if label >= 0 and np.any(raw == label) else float(NOISE)
+                             for label in choices[INTO_KEY]]
+    elif phase_rule is not None and getattr(model, "n_clusters", None) is None and n_clusters > 0:
         settled = settle_phases(cube, flat, phase_rule, offset_kev, scale_kev)
         flat, spectra, pixels, into = _apply(settled.mapping, flat, spectra, pixels)
         choices.update(n_clusters=int(pixels.size), **phase_choices(phase_rule, settled.actions, into))

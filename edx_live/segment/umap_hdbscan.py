@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from .mixing import merge_mixed_clusters, merged_choices
-from .phases import MIN_CLUSTER_PIXELS, PhaseRule, settle_phases
+from .phases import MIN_CLUSTER_PIXELS, PhaseRule, phase_choices, settle_phases
 from .preprocess import PreprocessMixin
 from .result import NOISE as NOISE_LABEL
 from .refine import assign_noise, gathered, gaussian_boundaries, icl
@@ -247,11 +247,14 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
             labels, strength, mixes = merge_mixed_clusters(data, labels, strength, empty[:data.shape[1]])
             info.update(merged_choices(mixes))
         if labels.size and labels.max() > 0:
-            mapping = settle_phases(X, labels, PhaseRule(), self.energy_offset_kev, self.energy_scale_kev).mapping
+            rule = PhaseRule()
+            settled = settle_phases(X, labels, rule, self.energy_offset_kev, self.energy_scale_kev)
+            mapping = settled.mapping
             kept = np.unique(mapping[mapping >= 0])
             renumber = np.full(mapping.size, NOISE_LABEL, dtype=np.int64)
             renumber[mapping >= 0] = np.searchsorted(kept, mapping[mapping >= 0])
             labels = np.where(labels >= 0, renumber[np.maximum(labels, 0)], NOISE_LABEL)
+            info.update(phase_choices(rule, settled.actions, renumber))  # what it merged, in these labels
         return labels, strength, outlier, info
 
     def _denoise(self, data: np.ndarray, rng) -> np.ndarray:
