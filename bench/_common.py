@@ -1,4 +1,4 @@
-"""What every benchmark needs: the machine it ran on, resident memory, a timer."""
+"""What every benchmark needs: the machine it ran on, resident memory, a timer, a progress bar."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import gc
 import os
 import platform
 import resource
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tqdm import tqdm
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -113,3 +116,63 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def progress(iterable=None, **kwargs):
+    """A progress bar on stderr over a benchmark's main loop, when stderr is a terminal.
+
+    ``progress(items)`` returns ``items`` themselves when stderr is piped or
+    redirected, so that the benchmark runs and prints exactly as without a bar;
+    ``progress(total=n)`` returns a bar to ``update()`` by hand (and ``close()``,
+    or use it in ``with``), which shows nothing then. The bar is gone once done.
+    Keyword arguments go to ``tqdm``.
+    """
+    bar = _Bar(iterable, **{"file": sys.stderr, "disable": None, "leave": False, "dynamic_ncols": True, **kwargs})
+    return iterable if iterable is not None and bar.disable else bar
+
+
+class _Bar(tqdm):
+    """While it shows and stdout is a terminal too, lines printed to stdout go above the bar, not through it."""
+
+    def __init__(self, *args, **kwargs):
+        self._lines = None  # before tqdm's __init__: close() may run when that fails
+        super().__init__(*args, **kwargs)
+        if not self.disable and sys.stdout.isatty() and not isinstance(sys.stdout, _LinesAboveBars):
+            self._lines = sys.stdout = _LinesAboveBars(sys.stdout)
+
+    def close(self) -> None:
+        lines, self._lines = self._lines, None
+        if lines is not None:
+            lines.flush_partial()
+            if sys.stdout is lines:
+                sys.stdout = lines.stream
+        super().close()
+
+
+class _LinesAboveBars:
+    """Stands in for a terminal's stdout: writes whole lines above the progress bars on stderr."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines, newline, self._partial = (self._partial + text).rpartition("\n")
+        if newline:
+            with tqdm.external_write_mode(file=sys.stderr):  # clears the bars, then draws them again
+                self.stream.write(lines + newline)
+                self.stream.flush()
+        return len(text)
+
+    def flush_partial(self) -> None:
+        """Write what has no newline yet (at the end; until then it waits for its line)."""
+        if self._partial:
+            self.stream.write(self._partial)
+            self._partial = ""
+        self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

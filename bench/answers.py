@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from _common import progress
 
 NOISE_LABEL = 65535
 WORKFLOWS = ("pca-gmm", "umap-hdbscan")
@@ -364,6 +365,8 @@ def main(argv=None) -> None:
     doses = (("full", 1.0), ("quarter", 0.25))
     rows: dict[tuple, list[dict]] = {}
     t_all = time.perf_counter()
+    bar = progress(total=len(args.layouts) * len(args.sizes) * len(args.seeds) * len(doses), desc="answers",
+                   unit="run")
     for layout_name in args.layouts:
         layout = layouts()[layout_name]
         for size in args.sizes:
@@ -410,6 +413,8 @@ def main(argv=None) -> None:
                         if seed == args.seeds[0]:
                             print("\n".join(describe(m, phantom.compositions)))
                     print(flush=True)
+                    bar.update()
+    bar.close()
     print(f"\n## Summary (final refit; {len(args.seeds)} seed(s) pooled; ARI mean/min; worst |error| over seeds; "
           f"coverage over pooled cases)  [{time.perf_counter() - t_all:.0f} s in all]")
     print(f"{'layout':8s} {'size':>4s} {'dose':7s} {'workflow':13s} | {'ARI':>11s} {'target':>7s} | {'k':>9s} | "

@@ -35,7 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the generator lives with the tests that check it
-from _common import machine, peak_rss_bytes, release_free_memory, rss_bytes  # noqa: E402
+from _common import machine, peak_rss_bytes, progress, release_free_memory, rss_bytes  # noqa: E402
 
 #: A message that takes longer than this is counted as a hang (as in tests/test_fuzz.py: the slowest
 #: refusal known takes about 0.7 s).
@@ -129,7 +129,8 @@ def fuzz_run(fuzz, bases, acquisition: tuple, n: int, seed: int) -> tuple[Tally,
 
     real = fuzz.real_acquisition(*acquisition)
     ingest, tally, real_s = Ingest(), Tally(), 0.0
-    for is_real, item in fuzz.interleaved(real, fuzz.hostile_stream(bases, seed, n), n, seed):
+    messages = fuzz.interleaved(real, fuzz.hostile_stream(bases, seed, n), n, seed)
+    for is_real, item in progress(messages, total=n + len(real), desc="fuzz", unit="msg", mininterval=0.5):
         if is_real:
             t0 = time.perf_counter()
             if ingest.receive(item).kind == "rejected":

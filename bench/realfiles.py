@@ -656,7 +656,7 @@ def main(argv=None) -> int:
     logging.getLogger("hyperspy").setLevel(logging.ERROR)
     logging.getLogger("exspy").setLevel(logging.ERROR)
     import zmq
-    from _common import machine
+    from _common import machine, progress
 
     from edx_live.core.kernels import warm_up as warm_up_kernels
     from edx_live.logs import configure
@@ -687,7 +687,7 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     context = zmq.Context()
     try:
-        for case in cases:
+        for case in progress(cases, desc="realfiles", unit="file"):
             path = args.data / case.name
             t_file = time.perf_counter()
             if not path.is_file():

@@ -5,11 +5,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import progress  # noqa: E402
 
 if __name__ == "__main__":
     names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py")
                                    if p.stem != "run" and not p.stem.startswith("_"))
-    for name in names:
+    for name in progress(names, desc="benchmarks", unit="script"):
         print(f"== {name}", flush=True)
         sys.argv = [str(HERE / f"{name}.py")]  # each with its own defaults
         runpy.run_path(sys.argv[0], run_name="__main__")

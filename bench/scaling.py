@@ -24,6 +24,7 @@ service stops refitting at its cadence (refits then run back to back).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gib, machine, peak_memory  # noqa: E402
+from _common import gib, machine, peak_memory, progress  # noqa: E402
 from segmentation import as_written  # noqa: E402
 
 WORKFLOWS = ("pca-gmm", "umap-hdbscan")
@@ -154,9 +155,8 @@ def main(argv=None) -> None:
           "as written | as written peak memory | as written / later |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for channels in args.channels:
-        for size in args.sizes:
-            rows += run(size, channels, args.dose, not args.no_as_written)
+    for channels, size in progress(list(itertools.product(args.channels, args.sizes)), desc="scaling", unit="scan"):
+        rows += run(size, channels, args.dose, not args.no_as_written)
     print("\n| binned scan | channels | snapshot binning | its peak memory |")
     print("|---|---|---|---|")
     for r in rows[::len(WORKFLOWS)]:

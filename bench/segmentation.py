@@ -50,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hyperspy_route  # noqa: E402
+from _common import progress  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -234,14 +235,19 @@ def main(argv=None) -> None:
     analyzer = Analyzer(settings)
     print(f"warm-up (numba compilation) {warm_up(settings.umap_hdbscan.random_state):.1f} s")
     sizes = [128] if args.quick else args.sizes
+    bar = progress(total=len(sizes) + 1 + (0 if args.quick else len(sizes)), desc="segmentation", unit="part")
     for size in sizes:
         big = size >= 512
         # As written at 512: UMAP on 65536 x 2048 raw channels takes minutes; run it at two doses.
         quality(size, args.dose, analyzer, (0.25, 1.0) if big else FRACTIONS, as_written_umap=True)
+        bar.update()
     speed(max(sizes), args.dose, analyzer)
+    bar.update()
     if not args.quick:
         for size in sizes:
             convergence(size, args.dose, args.frames, settings)
+            bar.update()
+    bar.close()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ figure: 1 is a perfect prediction.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import progress  # noqa: E402
 
 
 def run(layout: str, seed: int, frames: int, at: float, target: float, dose: float) -> list[dict]:
@@ -84,9 +86,8 @@ def main(argv=None) -> None:
     configure(level="error")
     t0 = time.perf_counter()
     rows = []
-    for layout in args.layouts:
-        for seed in args.seeds:
-            rows += run(layout, seed, args.frames, args.at, args.target, args.dose)
+    for layout, seed in progress(list(itertools.product(args.layouts, args.seeds)), desc="target", unit="run"):
+        rows += run(layout, seed, args.frames, args.at, args.target, args.dose)
     print(f"## Time to a {args.target:g} at% sigma, predicted after {args.at:.0%} of {args.frames} sweeps "
           "(pca-gmm, a refit after every sweep)")
     print("| layout | seed | cluster | pixels | limiting | predicted sweep | reached at sweep | actual / predicted |")

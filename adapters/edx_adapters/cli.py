@@ -4,6 +4,9 @@ Example::
 
     edx-live-replay core_shell.hspy --frames 20 --interval 2
     edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://*:5556
+
+It reports each sweep on stderr, under a progress bar over the sweeps when stderr
+is a terminal; piped or redirected, stderr gets the report lines alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 from contextlib import contextmanager
 
 import zmq
+from tqdm import tqdm
 
 from .producer import SOCKET_KINDS, SweepDone, make_socket, send_replay, wait_for_subscriber
 from .replay import FORMATS, open_replay
@@ -57,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    with tqdm.external_write_mode(file=sys.stderr):  # above the progress bar, not through it
+        print(text, file=sys.stderr, flush=True)
+
+
+def _progress_bar(total: int) -> tqdm:
+    """A bar over the sweeps sent, on stderr when it is a terminal; it shows nothing when piped or redirected."""
+    return tqdm(total=total, unit="sweep", desc="sent", file=sys.stderr, disable=None, leave=False,
+                dynamic_ncols=True)
 
 
 @contextmanager
@@ -73,8 +84,9 @@ def _stop_on_interrupt(event: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
-def _sweep_printer(total: int):
+def _sweep_printer(total: int, bar: tqdm):
     def report(done: SweepDone) -> None:
+        bar.update()  # first: the line below redraws the bar, so it shows this sweep however fast they come
         _say(f"sweep {done.frame_index + 1}/{total}: {done.messages} messages, "
              f"{done.xrays} X-rays, {done.nbytes / 1e6:.2f} MB")
     return report
@@ -95,8 +107,8 @@ def _run(args: argparse.Namespace) -> int:
                      "receiver first or raise --wait-subscribers")
                 return 1
         stop = threading.Event()
-        with _stop_on_interrupt(stop):
-            sent = send_replay(replay, socket, args.interval, stop, on_sweep=_sweep_printer(replay.frames))
+        with _stop_on_interrupt(stop), _progress_bar(replay.frames) as bar:
+            sent = send_replay(replay, socket, args.interval, stop, on_sweep=_sweep_printer(replay.frames, bar))
     finally:
         socket.close()
     state = "aborted" if sent.aborted else "complete"
