@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from edx_protocol import NOISE_LABEL, ClusterInfo, Clusters, Composition, describe
+from edx_protocol import NOISE_LABEL, ClusterInfo, Clusters, Composition, MeanImage, describe
 
+from edx_live.core.ingest import Acquisition
 from edx_live.core.snapshot import Snapshot
 from edx_live.segment.result import SegmentationResult
 from edx_live.segment.tracking import cluster_ids, workflow_choices
@@ -87,3 +88,16 @@ def composition_document(snapshot: Snapshot, result: SegmentationResult, quant,
                          entropy_species=list(quant.entropy_species), absorption_thickness_nm=quant.thickness_nm,
                          fit=_finite_items(quant.fit))
     return header, {}
+
+
+def image_document(acq: Acquisition, final: bool = False) -> tuple[MeanImage, dict]:
+    """The ``image`` document: the acquisition's mean simultaneous image, with the scan's pixel size.
+
+    ``final`` marks the one sent when the acquisition stopped. The acquisition must hold an image.
+    """
+    arrays = {"image": acq.image}
+    start = acq.start
+    header = MeanImage(acquisition_id=acq.acquisition_id, seq=0, frames=acq.frames, counts=acq.accumulator.counts,
+                       final=final, detector=acq.image_detector, sweeps=acq.images.sweeps,
+                       pixel_size=start.pixel_size, pixel_unit=start.pixel_unit, arrays=describe(arrays))
+    return header, arrays

@@ -166,3 +166,63 @@ def test_binned_switches_to_uint64_before_counts_could_overflow_uint32():
     large = acc.binned(2)
     assert small.dtype == np.uint32 and large.dtype == np.uint64
     np.testing.assert_array_equal(small, large)
+
+
+# the simultaneous image ---------------------------------------------------------------------------
+def test_images_in_odd_row_blocks_average_exactly():
+    from edx_live.core.image import ImageAccumulator
+
+    rng = np.random.default_rng(4)
+    sweeps = rng.integers(0, 2**32, size=(5, 13, 7), dtype=np.uint64).astype(np.uint32)
+    acc = ImageAccumulator((13, 7), "HAADF")
+    for index, image in enumerate(sweeps):
+        for lo in range(0, 13, 4):  # blocks of 4, 4, 4 and 1 rows
+            acc.add(image[lo:lo + 4], lo, index, "HAADF")
+    assert acc.sweeps == 5 and acc.messages == 20
+    naive = sweeps.astype(np.float64).mean(axis=0).astype(np.float32)
+    np.testing.assert_array_equal(acc.mean, naive)
+
+
+def test_image_rows_not_yet_received_are_zero_and_rows_count_their_own_sweeps():
+    from edx_live.core.image import ImageAccumulator
+
+    acc = ImageAccumulator((4, 3), "ADF")
+    acc.add(np.full((2, 3), 10.0, np.float32), 0, 0, "ADF")
+    acc.add(np.full((1, 3), 30.0, np.float32), 1, 1, "ADF")
+    acc.add(np.zeros((0, 3), np.float32), 3, 2, "ADF")  # an empty block is no sweep's image
+    np.testing.assert_array_equal(acc.mean[:, 0], [10.0, 20.0, 0.0, 0.0])
+    assert acc.sweeps == 2
+
+
+@pytest.mark.parametrize("image, first_row, detector, reason", [
+    (np.zeros((2, 4)), 0, "HAADF", "shape_mismatch"),
+    (np.zeros((2, 3)), 3, "HAADF", "pixel_out_of_range"),
+    (np.zeros((2, 3)), 0, "BF", "detector_mismatch"),
+    (np.array([[0.0, np.inf, 1.0]]), 0, "HAADF", "not_finite"),
+])
+def test_an_image_that_does_not_fit_changes_nothing(image, first_row, detector, reason):
+    from edx_live.core.image import ImageAccumulator
+
+    acc = ImageAccumulator((4, 3), "HAADF")
+    acc.add(np.ones((4, 3), np.float32), 0, 0, "HAADF")
+    with pytest.raises(FrameRejected) as raised:
+        acc.add(image, first_row, 1, detector)
+    assert raised.value.reason == reason
+    assert acc.sweeps == 1 and acc.messages == 1
+    np.testing.assert_array_equal(acc.mean, np.ones((4, 3), np.float32))
+
+
+def test_the_count_rate_spans_the_samples_kept():
+    from edx_live.core.rate import CountRate
+
+    rate = CountRate()
+    assert rate.value is None
+    rate.note(10.0, 100)
+    assert rate.value is None
+    rate.note(11.0, 400)
+    assert rate.value == 300.0
+    rate.note(11.0, 900)  # no time has passed: not a sample
+    rate.note(12.0, 600)
+    assert rate.value == (600 - 100) / 2.0
+    rate.note(13.0, 1600)  # the oldest sample drops out: the last two intervals
+    assert rate.value == (1600 - 400) / 2.0

@@ -180,7 +180,7 @@ def _check_chunks(replay, frames) -> None:
         elif isinstance(header, VeloxFrame):
             assert np.count_nonzero(arrays["stream"] == 65535) <= replay.chunk_pixels
             assert 0 <= header.detector < len(replay.start.detectors)
-        elif arrays["pixel"].size:
+        elif isinstance(header, EventsFrame) and arrays["pixel"].size:
             pixel = arrays["pixel"]
             assert np.all(np.diff(pixel.astype(np.int64)) >= 0), "events must come in raster order"
             assert pixel[-1] // replay.chunk_pixels == pixel[0] // replay.chunk_pixels
@@ -370,7 +370,7 @@ def test_sleeps_between_sweeps_only_and_stops_on_request(context, replay_of):
     received = receive_until_stop(pull)
     thread.join(5)
     assert not thread.is_alive(), "setting the event must cut the 30 s pause short"
-    assert [d.frame_index for d in done] == [0] and done[0].messages == 16
+    assert [d.frame_index for d in done] == [0] and done[0].messages == 16 + 1  # its rows, then its HAADF image
     last = received[-1].header
     assert last.reason == "aborted" and last.frames == 1 and result["sent"].aborted
     assert [m.header.seq for m in received] == list(range(len(received)))
@@ -413,3 +413,123 @@ def test_a_file_saved_after_exspy_set_microscope_parameters_keeps_its_beam_energ
         replay = open_replay(path, frames=2)
     assert replay.start.beam_energy_kev == 300.0
     assert any("'beam_energy '" in r.getMessage() for r in caplog.records)
+
+
+# the simultaneous image -------------------------------------------------------------------------------
+def _images_by_sweep(replay) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for header, arrays in replay.messages():
+        if header.kind == "image":
+            out.setdefault(header.frame_index, []).append((header, arrays["image"]))
+    return out
+
+
+def _rsciio_images(data_dir, name: str) -> np.ndarray:
+    """The file's HAADF image(s) as rosettasciio reads them: (frames, rows, columns)."""
+    if name.endswith(".bcf"):
+        from rsciio.bruker import file_reader
+
+        found = file_reader(str(data_dir / name), select_type="image")
+    elif name.endswith(".emd"):
+        from rsciio.emd import file_reader
+
+        found = file_reader(str(data_dir / name), select_type="images", load_SI_image_stack=True)
+    else:
+        from rsciio.hspy import file_reader
+
+        found = file_reader(str(data_dir / name.replace("EDS Spectrum Image", "HAADF Image")))
+    data = next(np.asarray(s["data"]) for s in found if s["metadata"]["General"]["title"].startswith("HAADF"))
+    return data.reshape(-1, *data.shape[-2:])
+
+
+@pytest.mark.parametrize("name", ["SiO2 EDS Spectrum Image.hspy", "test_TEM.bcf", "Test SI 16x16 215 kx.emd",
+                                  "EMDReader_SpectrumImage_Si.emd"])
+def test_each_sweep_is_followed_by_the_files_image(name, data_dir, replay_of):
+    replay = replay_of(name)
+    reference = _rsciio_images(data_dir, name)
+    images = _images_by_sweep(replay)
+    assert sorted(images) == list(range(replay.frames))
+    messages = list(replay.messages())
+    for index, parts in images.items():
+        # after the sweep's X-rays, before the next sweep's
+        positions = [i for i, (h, _) in enumerate(messages) if h.kind == "image" and h.frame_index == index]
+        sweep = [i for i, (h, _) in enumerate(messages) if h.kind == "frame" and h.frame_index == index]
+        after = messages[max(positions) + 1][0]
+        assert min(positions) > max(sweep) and (isinstance(after, Stop) or after.frame_index > index)
+        assert {h.detector for h, _ in parts} == {"HAADF"}
+        image = np.concatenate([a for _, a in sorted(parts, key=lambda p: p[0].first_row)])
+        expected = reference[index if len(reference) > 1 else 0]
+        assert image.dtype == expected.dtype.newbyteorder("<") and image.shape == replay.start.scan_shape
+        np.testing.assert_array_equal(image, expected)
+    for header, arrays in messages:
+        decoded = decode(encode(header, arrays))  # every image message is a valid one
+        assert decoded.header == header
+
+
+@pytest.mark.parametrize("name", ["core_shell.hspy", "View000_0000006.pts"])
+def test_files_without_an_image_send_none(name, replay_of):
+    assert _images_by_sweep(replay_of(name)) == {}
+
+
+def test_a_bcf_without_a_dark_field_image_sends_its_own(replay_of):
+    """An SEM map has no ADF detector: its backscatter image (AsB) is the one sent."""
+    images = _images_by_sweep(replay_of("30x30_instructively_packed_16bit_compressed.bcf"))
+    assert len(images) == 10 and {h.detector for parts in images.values() for h, _ in parts} == {"AsB"}
+
+
+def test_sibling_images_are_named_after_the_spectrum_image(tmp_path):
+    from edx_adapters.formats.dense import sibling_image_paths
+
+    names = [(p.name, d) for p, d in sibling_image_paths(tmp_path / "SiO2 EDS Spectrum Image.hspy")]
+    assert names[:2] == [("SiO2 HAADF Image.hspy", "HAADF"), ("SiO2 ADF Image.hspy", "ADF")]
+    assert [(p.name, d) for p, d in sibling_image_paths(tmp_path / "area1_EDS.hspy")] == [
+        ("area1_HAADF.hspy", "HAADF"), ("area1_ADF.hspy", "ADF")]
+    assert sibling_image_paths(tmp_path / "core_shell.hspy") == []
+
+
+def test_an_image_finer_than_the_scan_is_averaged_and_another_shape_skipped(caplog):
+    from edx_adapters.formats.common import fit_to_scan, wire_image
+
+    fine = np.arange(8 * 12, dtype=np.uint16).reshape(8, 12)
+    coarse = fit_to_scan(fine, (4, 6), "fine")
+    expected = fine.reshape(4, 2, 6, 2).astype(np.float64).mean(axis=(1, 3))
+    assert coarse.dtype == np.float32 and np.array_equal(coarse, expected.astype(np.float32))
+    assert fit_to_scan(fine, (8, 12), "same") is fine
+    with caplog.at_level("WARNING", logger="edx_adapters"):
+        assert fit_to_scan(fine, (5, 6), "odd") is None
+        assert fit_to_scan(fine[:, :10], (4, 6), "narrow") is None
+    assert "odd is 8x12, the scan 5x6: not sent" in caplog.text
+    assert wire_image(np.array([[1, -2]], np.int16)).dtype == np.float64
+    assert wire_image(np.array([[1.0, np.nan]])) is None
+    assert wire_image(np.ones((2, 2), np.uint64)).dtype == np.float64
+
+
+def _copy_with_sibling(data_dir, tmp_path, image: np.ndarray, scale_um: float):
+    import shutil
+
+    import hyperspy.api as hs
+
+    name = "SiO2 EDS Spectrum Image.hspy"
+    shutil.copy(data_dir / name, tmp_path / name)
+    signal = hs.signals.Signal2D(image)
+    for axis in signal.axes_manager.signal_axes:
+        axis.scale, axis.units = scale_um, "µm"
+    signal.save(tmp_path / "SiO2 HAADF Image.hspy")
+    return tmp_path / name
+
+
+def test_a_sibling_image_twice_as_fine_is_averaged_to_the_scan(data_dir, tmp_path):
+    fine = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    path = _copy_with_sibling(data_dir, tmp_path, fine, 0.008552446030080318 / 2)
+    images = _images_by_sweep(open_replay(path, frames=2))
+    assert sorted(images) == [0, 1]
+    (header, image), = images[1]
+    expected = fine.astype(np.float64).reshape(128, 2, 128, 2).mean(axis=(1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_a_sibling_image_of_another_field_of_view_is_not_sent(data_dir, tmp_path, caplog):
+    path = _copy_with_sibling(data_dir, tmp_path, np.ones((128, 128), np.float32), 0.02)
+    with caplog.at_level("WARNING", logger="edx_adapters"):
+        assert _images_by_sweep(open_replay(path, frames=2)) == {}
+    assert "SiO2 HAADF Image.hspy covers 2560x2560 nm" in caplog.text

@@ -42,7 +42,7 @@ def codes(problems: list[str]) -> set[str]:
     return {problem.partition(":")[0] for problem in problems}
 
 
-@pytest.mark.parametrize("name", ["status", "clusters", "composition"])
+@pytest.mark.parametrize("name", ["status", "clusters", "composition", "mean_image"])
 def test_golden_documents_pass(name):
     header, arrays = golden(name)
     assert check_document(header, arrays) == []
@@ -126,9 +126,22 @@ def _broken_composition(rule: str):
     return h.model_copy(update=update), a
 
 
+def _broken_image(rule: str):
+    h, a = golden("mean_image")
+    if rule == "arrays.finite":
+        a["image"][1, 2] = np.inf
+    elif rule == "image.arrays":
+        a["image"] = a["image"][0]
+    else:
+        h = h.model_copy(update={"header.finite": {"pixel_size": float("nan")}, "image.sweeps": {"sweeps": 0}}[rule])
+    return h, a
+
+
 SINGLE = {
-    "header.finite": [_broken_status, _broken_clusters, _broken_composition],
-    "arrays.finite": [_broken_clusters],
+    "header.finite": [_broken_status, _broken_clusters, _broken_composition, _broken_image],
+    "arrays.finite": [_broken_clusters, _broken_image],
+    "image.arrays": [_broken_image],
+    "image.sweeps": [_broken_image],
     **{rule: [_broken_status] for rule in ("status.state", "status.gaps", "status.rejected")},
     **{rule: [_broken_clusters] for rule in RULES if rule.startswith("clusters.")},
     **{rule: [_broken_composition] for rule in ("composition.order", "composition.kfactors",
@@ -240,7 +253,23 @@ CROSS = {
     "ids.stable": lambda: _edit(story(), 3, appeared=[]),
     "ids.reused": lambda: story(REFITS + [([0, 1], [1], [2])]),
     "final.counts": lambda: _edit(story(), -1, counts=41),
+    "image.sweeps": lambda: story() + [_image(0, sweeps=3), _image(1, sweeps=2)],
 }
+
+
+def _image(seq: int, sweeps: int):
+    h, a = golden("mean_image")
+    return h.model_copy(update={"seq": seq, "sweeps": sweeps, "final": False}), a
+
+
+def test_images_whose_sweeps_grow_pass():
+    checker = _checked(story() + [_image(0, sweeps=1), _image(1, sweeps=1), _image(2, sweeps=3)])
+    assert checker.problems == [] and checker.documents["image"] == 3
+
+
+def test_a_missing_image_array_is_reported():
+    h, a = golden("mean_image")
+    assert codes(check_document(h, {})) == {"image.arrays"}
 
 
 @pytest.mark.parametrize("rule", list(CROSS))

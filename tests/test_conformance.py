@@ -13,7 +13,8 @@ socket on the output decodes every published document (SPEC section 7).
 
 Acquisitions, one after the other on the same service:
 
-1. the seven golden acquisition messages (SPEC section 9.3 step 4);
+1. the eight golden acquisition messages (SPEC section 9.3 step 4), whose image comes back as the
+   published mean image;
 2. ``core_shell.hspy`` (a real FePt Super-X scan) read with h5py, split into sweeps by binomial
    thinning and sent with this module's own encoder as events, Velox stream chunks and dense blocks;
 3. one valid acquisition interleaved with messages the SPEC or schema forbid, each of which
@@ -54,10 +55,10 @@ FORBIDDEN = ("edx_live", "edx_protocol", "edx_adapters")
 #: What this module may import besides the standard library.
 ALLOWED_THIRD_PARTY = {"numpy", "msgpack", "zmq", "jsonschema", "h5py", "pytest"}
 
-#: Golden acquisition messages in the order of SPEC section 9 (seq 0 to 6).
+#: Golden acquisition messages in the order of SPEC section 9 (seq 0 to 7).
 GOLDEN_ACQUISITION = ["start", "frame_events", "frame_events_detector", "frame_velox",
-                      "frame_dense_u8", "frame_dense_u16", "stop"]
-GOLDEN_DOCUMENTS = ["status", "clusters", "composition"]
+                      "frame_dense_u8", "frame_dense_u16", "image", "stop"]
+GOLDEN_DOCUMENTS = ["status", "clusters", "composition", "mean_image"]
 
 VELOX_NEXT_PIXEL = 65535  # SPEC 4.2
 NOISE_LABEL = 65535  # SPEC 7.3
@@ -502,8 +503,12 @@ class ServiceProcess:
     """``edx_live.cli serve`` in a subprocess; a thread drains stderr and keeps its lines."""
 
     def __init__(self, acquisitions: int):
+        import tempfile
+
+        self.sessions = Path(tempfile.mkdtemp(prefix="edx-live-sessions-"))
         self.cmd = [sys.executable, "-m", "edx_live.cli", "serve",
                     "--input", "tcp://127.0.0.1:*", "--output", "tcp://127.0.0.1:*",
+                    "--sessions", str(self.sessions),
                     "--log-format", "json", "--refit-interval", "1",
                     "--acquisitions", str(acquisitions),
                     "--kfactor", "Fe_Ka=1.450226", "--kfactor", "Pt_La=5.075602"]
@@ -686,6 +691,21 @@ def test_golden_acquisition_end_to_end(link):
     assert status["counts"] == expected_counts, summary
     assert status["frames"] == expected_frames, summary
     assert status["state"] == "stopped", summary
+    start = sidecar("start")["header"]
+    assert (status["pixel_size"], status["pixel_unit"], status["title"]) == (
+        start["pixel_size"], start["pixel_unit"], start["title"])
+
+    # SPEC 7.5: the image message comes back as the mean image, once more at the stop
+    sent = sidecar("image")
+    rows = slice(sent["header"]["first_row"], sent["header"]["first_row"] + sent["arrays"]["image"]["shape"][0])
+    images = [d for d in link.documents if d.topic == "image" and d.header.get("acquisition_id") == acquisition_id]
+    assert images and images[-1].header["final"], [d.header for d in images]
+    image = images[-1]
+    assert image.header["detector"] == sent["header"]["detector"] and image.header["sweeps"] == 1
+    assert image.header["pixel_size"] == start["pixel_size"] and image.arrays["image"].dtype == np.dtype("<f4")
+    expected = np.zeros(start["scan_shape"], np.float32)
+    expected[rows] = sent["arrays"]["image"]["data"]
+    np.testing.assert_array_equal(image.arrays["image"], expected)
 
     final = link.status(lambda h: h["acquisition_id"] == acquisition_id and h["final"],
                         timeout_s=FINAL_TIMEOUT_S, what=f"final status of {acquisition_id}")
@@ -697,6 +717,21 @@ def test_golden_acquisition_end_to_end(link):
 # ---------------------------------------------------------------------------------------------
 # 2. core_shell.hspy with this module's encoder: events, Velox chunks and dense blocks
 # ---------------------------------------------------------------------------------------------
+
+def _check_session_folder(folder: Path, cube: np.ndarray, timeout_s: float = 180.0) -> None:
+    """The service writes the acquisition's session folder after its final refit: the counts are the file's."""
+    summary = folder / "summary.json"
+    deadline = time.monotonic() + timeout_s
+    while not summary.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert summary.exists(), f"no session folder {folder}: {sorted(p.name for p in folder.parent.iterdir())}"
+    import hyperspy.api as hs
+
+    s = hs.load(folder / "spectrum_image.hspy")
+    assert np.array_equal(np.asarray(s.data), cube)
+    assert (folder / "report.png").stat().st_size > 10_000
+    assert (folder / "composition_pca-gmm.json").exists() and (folder / "labels_umap-hdbscan.hspy").exists()
+
 
 def test_core_shell_end_to_end(link):
     image = read_hspy(CORE_SHELL)
@@ -725,6 +760,7 @@ def test_core_shell_end_to_end(link):
     assert final["scan_shape"] == [rows, columns], summary
     assert final["expected_frames"] == CORE_SHELL_SWEEPS, summary
     assert final["state"] == "stopped", summary
+    _check_session_folder(link.service.sessions / CORE_SHELL_ID, image.cube)
 
     clusters = [d for d in link.documents[first_doc:]
                 if d.topic.startswith("clusters/") and d.header.get("acquisition_id") == CORE_SHELL_ID
@@ -842,6 +878,22 @@ def bad_message(case: str, seq: int) -> list[bytes]:
         return _schema_valid(events_frames(events_header(seq), {"pixel": [1, 2], "channel": [4, REJECT_CHANNELS]}))
     if case == "detector_beyond_detectors":
         return _schema_valid(events_frames(events_header(seq), BAD_EVENTS, detector=[0, 1, REJECT_DETECTORS]))
+    if case.startswith("image_"):
+        return image_message(case, seq)
+    raise ValueError(case)
+
+
+def image_message(case: str, seq: int) -> list[bytes]:
+    """An image message (SPEC 3.5) that breaks one rule."""
+    rows, columns = REJECT_SCAN
+    header = {"protocol": 1, "acquisition_id": REJECT_ID, "seq": seq, "kind": "image", "frame_index": 0,
+              "detector": "HAADF"}
+    if case == "image_u8_dtype":
+        return _schema_invalid(encode(header, {"image": np.ones((rows, columns), "<u8")}))
+    if case == "image_wrong_columns":
+        return _schema_valid(encode(header, {"image": np.ones((rows, columns + 1), "<u2")}))
+    if case == "image_rows_beyond_scan":
+        return _schema_valid(encode({**header, "first_row": rows - 1}, {"image": np.ones((2, columns), "<f4")}))
     raise ValueError(case)
 
 
@@ -858,6 +910,9 @@ REJECT_CASES = {
     "pixel_beyond_scan": "pixel_out_of_range",
     "channel_beyond_channels": "channel_out_of_range",
     "detector_beyond_detectors": "detector_out_of_range",
+    "image_u8_dtype": "schema",
+    "image_wrong_columns": "shape_mismatch",
+    "image_rows_beyond_scan": "pixel_out_of_range",
     "nan_offset_second_start": "schema",
 }
 

@@ -536,6 +536,11 @@ FRAMES = {
 }
 
 
+IMAGE = Obj({**_common("image"), "frame_index": (INDEX, True), "detector": (Str(1, 64), True),
+             "first_row": (Int(0, 65534), False),
+             "arrays": (Arrays({"image": (("|u1", "<u2", "<u4", "<f4", "<f8"), 2, False)}), True)})
+
+
 def message_spec(doc: dict) -> Obj | None:
     """The table of the message ``doc`` claims to be, by its ``kind`` (and ``payload``); None if neither names one."""
     kind, payload = doc.get("kind"), doc.get("payload")
@@ -543,7 +548,7 @@ def message_spec(doc: dict) -> Obj | None:
         return None
     if kind == "frame":
         return FRAMES.get(payload) if type(payload) is str else None
-    return {"start": START, "stop": STOP}.get(kind)
+    return {"start": START, "stop": STOP, "image": IMAGE}.get(kind)
 
 
 def _nbytes(frame) -> int:

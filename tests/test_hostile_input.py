@@ -319,3 +319,52 @@ def test_a_start_that_cannot_be_allocated_leaves_the_open_acquisition_open(inges
     assert ingest.receive(raw(big)).reason == "out_of_memory"
     assert ingest.current.acquisition_id == "acq-1" and ingest.current.state == "acquiring"
     assert ingest.receive(events(2, [3], [7])).kind == "frame" and ingest.pending == []
+
+
+# the simultaneous image ----------------------------------------------------------------------------
+def image_header(shape, dtype="<u2", seq=2, aid="acq-1", **fields) -> dict:
+    return {"protocol": 1, "acquisition_id": aid, "seq": seq, "kind": "image", "frame_index": 0,
+            "detector": "HAADF", **fields, "arrays": [{"name": "image", "dtype": dtype, "shape": list(shape)}]}
+
+
+@pytest.mark.parametrize("name, message, reason", [
+    ("rows 2**32-1", lambda: raw(image_header((2**32 - 1, 6)), b"\0" * 12), "buffer_size"),
+    ("a row far past the scan", lambda: raw(image_header((1, 6), first_row=65534), b"\0" * 12),
+     "pixel_out_of_range"),
+    ("first_row 2**64-1", lambda: raw(image_header((1, 6), first_row=U64), b"\0" * 12), "schema"),
+    ("signed dtype", lambda: raw(image_header((1, 6), dtype="<i2"), b"\0" * 12), "schema"),
+    ("zero columns", lambda: raw(image_header((4, 0)), b""), "shape_mismatch"),
+    ("boolean detector", lambda: raw(image_header((1, 6), detector=True), b"\0" * 12), "schema"),
+    ("infinite pixel", lambda: raw(image_header((1, 6), dtype="<f8"), np.array([0, 1, 2, np.inf, 4, 5]).tobytes()),
+     "not_finite"),
+])
+def test_a_hostile_image_is_refused_and_changes_nothing(ingest, name, message, reason):
+    out = ingest.receive(message())
+    assert (out.kind, out.reason) == ("rejected", reason)
+    assert ingest.current.images is None
+    _unchanged(ingest)
+    _status_encodes(ingest)
+
+
+def test_a_flood_of_images_publishes_the_latest_mean_not_a_backlog():
+    """Thousands of images inside one status interval: one live image document, then the final one."""
+    from edx_protocol import Image, Stop
+
+    from edx_live.shell.publish import Collector
+
+    settings = load_settings(overrides={"output": {"status_interval_s": 3600.0}, "refit": {"interval_s": 3600}})
+    connection, collector = MemoryConnection(), Collector()
+    service = Service(settings, connection, [collector], analyze=lambda s: [])
+    connection.put(encode(start()))
+    n = 2000
+    for seq in range(1, n + 1):
+        arrays = {"image": np.full(SHAPE, seq, np.uint32)}
+        connection.put(encode(Image(acquisition_id="acq-1", seq=seq, frame_index=seq - 1, detector="HAADF",
+                                    arrays=describe(arrays)), arrays))
+    connection.put(encode(Stop(acquisition_id="acq-1", seq=n + 1, frames=n)))
+    service.run(stop_after=1, poll_s=0.01)
+    images = [(h, a) for h, a in collector.documents if h.kind == "image"]
+    assert [h.final for h, _ in images] == [False, True]
+    final, arrays = images[-1]
+    assert final.sweeps == n and final.seq == 1
+    np.testing.assert_array_equal(arrays["image"], np.full(SHAPE, (n + 1) / 2, np.float32))

@@ -140,3 +140,57 @@ def test_counts_per_detector_of_events_frames():
     assert ingest.receive(encode(frame, arrays)).kind == "frame"
     expected = {d: int((detector == d).sum()) for d in range(4)}
     assert dict(ingest.current.detector_counts) == expected
+
+
+# the simultaneous image ----------------------------------------------------------------------------
+def image(seq, array, aid="acq-1", frame_index=0, first_row=0, detector="HAADF"):
+    from edx_protocol import Image
+
+    arrays = {"image": np.asarray(array)}
+    return encode(Image(acquisition_id=aid, seq=seq, frame_index=frame_index, first_row=first_row,
+                        detector=detector, arrays=describe(arrays)), arrays)
+
+
+def test_images_are_accepted_in_sequence_and_averaged(ingest):
+    acq = ingest.current
+    assert acq.image is None and acq.image_detector is None
+    cube = acq.accumulator.cube.copy()
+    outcome = ingest.receive(image(2, np.full(SHAPE, 4, np.uint16)))
+    assert (outcome.kind, outcome.counts) == ("image", 0)
+    assert ingest.receive(image(3, np.full((2, SHAPE[1]), 8.0, np.float32), frame_index=1, first_row=2)).kind == "image"
+    assert acq.messages == 4 and acq.next_seq == 4 and acq.frames == 1  # images are no X-ray sweeps
+    assert acq.image_detector == "HAADF" and acq.images.sweeps == 2
+    np.testing.assert_array_equal(acq.image[:, 0], [4.0, 4.0, 6.0, 6.0])
+    assert acq.image.dtype == np.float32
+    np.testing.assert_array_equal(acq.accumulator.cube, cube)
+
+
+def test_refused_images_are_counted_and_change_nothing(ingest):
+    acq = ingest.current
+    ingest.receive(image(2, np.full(SHAPE, 4, np.uint16)))
+    before = acq.image.copy()
+    cases = {
+        "shape_mismatch": image(3, np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint16)),
+        "pixel_out_of_range": image(3, np.zeros((2, SHAPE[1]), np.uint16), first_row=3),
+        "detector_mismatch": image(3, np.zeros(SHAPE, np.uint16), detector="DF4"),
+        "not_finite": image(3, np.full(SHAPE, np.nan, np.float32)),
+        "unknown_acquisition": image(3, np.zeros(SHAPE, np.uint16), aid="acq-0"),
+        "duplicate_seq": image(2, np.zeros(SHAPE, np.uint16)),
+    }
+    for reason, frames in cases.items():
+        outcome = ingest.receive(frames)
+        assert (outcome.kind, outcome.reason) == ("rejected", reason)
+    assert dict(ingest.rejected) == {reason: 1 for reason in cases}
+    np.testing.assert_array_equal(acq.image, before)
+    assert acq.next_seq == 3 and acq.images.sweeps == 1 and acq.images.messages == 1
+    # a wrong dtype never reaches the acquisition: the decoder refuses it
+    header = msgpack.unpackb(_bytes(image(3, np.zeros(SHAPE, np.uint16)))[0])
+    header["arrays"][0]["dtype"] = "<u8"
+    assert ingest.receive([msgpack.packb(header), np.zeros(SHAPE, "<u8").tobytes()]).reason == "schema"
+    assert ingest.receive(image(3, np.zeros(SHAPE, np.uint16))).kind == "image"
+
+
+def test_an_image_after_the_stop_is_for_no_open_acquisition(ingest):
+    assert ingest.receive(stop(2)).kind == "stop"
+    assert ingest.receive(image(3, np.zeros(SHAPE, np.uint16))).reason == "unknown_acquisition"
+    assert ingest.current.image is None and ingest.current.rejected == {"unknown_acquisition": 1}

@@ -16,6 +16,8 @@ from edx_protocol import (
     Clusters,
     DenseFrame,
     EventsFrame,
+    Image,
+    MeanImage,
     ProtocolError,
     Start,
     Stop,
@@ -24,6 +26,7 @@ from edx_protocol import (
     decode_result,
     describe,
     encode,
+    topic_for,
 )
 from edx_protocol.examples import ACQUISITION_ID, ENERGY_AXIS, acquisition_examples, result_examples
 from edx_protocol.generate import (
@@ -297,6 +300,21 @@ SCHEMA_VIOLATIONS = {
     "shape 2**33": ("frame_velox", lambda d: d["arrays"][0].update(shape=[2**33])),
     "offset 1e300": ("start", lambda d: d["energy_axis"].update(offset_kev=1e300)),
     "huge title": ("start", lambda d: d.update(title="x" * 5000)),
+    # the image message
+    "image u8 dtype": ("image", lambda d: d["arrays"][0].update(dtype="<u8")),
+    "image 1-d": ("image", lambda d: d["arrays"][0].update(shape=[12])),
+    "image 3-d": ("image", lambda d: d["arrays"][0].update(shape=[2, 6, 1])),
+    "image renamed array": ("image", lambda d: d["arrays"][0].update(name="haadf")),
+    "image without arrays": ("image", lambda d: d.pop("arrays")),
+    "image two arrays": ("image", lambda d: d["arrays"].append({"name": "image", "dtype": "<u2", "shape": [1, 6]})),
+    "image without detector": ("image", lambda d: d.pop("detector")),
+    "image empty detector": ("image", lambda d: d.update(detector="")),
+    "image numeric detector": ("image", lambda d: d.update(detector=2)),
+    "image negative first_row": ("image", lambda d: d.update(first_row=-1)),
+    "image first_row 65535": ("image", lambda d: d.update(first_row=65535)),
+    "image boolean first_row": ("image", lambda d: d.update(first_row=True)),
+    "image without frame_index": ("image", lambda d: d.pop("frame_index")),
+    "image with payload": ("image", lambda d: d.update(payload="dense")),
 }
 
 
@@ -340,6 +358,41 @@ def test_schema_violations_are_refused_by_decoder_and_schema(case):
     doc, reason = _changed_golden(*SCHEMA_VIOLATIONS[case])
     assert reason == "schema"
     assert not jsonschema.Draft202012Validator(_schema("acquisition")).is_valid(doc)
+
+
+def test_an_image_without_first_row_starts_at_row_0():
+    doc = _golden_header("image")
+    del doc["first_row"]
+    frames, _ = _golden("image")
+    header, arrays = decode([msgpack.packb(doc), *frames[1:]])
+    assert header.first_row == 0 and header.detector == "HAADF" and arrays["image"].shape == (2, 6)
+    assert jsonschema.Draft202012Validator(_schema("acquisition")).is_valid(doc)
+
+
+@pytest.mark.parametrize("dtype", ["|u1", "<u2", "<u4", "<f4", "<f8"])
+def test_images_travel_in_every_allowed_dtype(dtype):
+    image = np.arange(12, dtype=dtype).reshape(2, 6)
+    header = Image(acquisition_id=ACQUISITION_ID, seq=6, frame_index=0, detector="ADF",
+                   arrays=describe({"image": image}))
+    decoded = decode(encode(header, {"image": image}))
+    assert decoded.header == header
+    np.testing.assert_array_equal(decoded.arrays["image"], image)
+    assert decoded.arrays["image"].dtype == np.dtype(dtype)
+
+
+def test_a_truncated_image_buffer_is_a_buffer_size_error():
+    frames, _ = _golden("image")
+    assert _reason([frames[0], frames[1][:-2]]) == "buffer_size"
+
+
+def test_the_mean_image_document_needs_its_float32_image():
+    image = np.zeros((4, 6), "<f8")
+    with pytest.raises(ValueError, match="dtype"):
+        MeanImage(acquisition_id=ACQUISITION_ID, seq=0, frames=1, counts=0, detector="HAADF", sweeps=1,
+                  arrays=describe({"image": image}))
+    with pytest.raises(ValueError, match="missing"):
+        MeanImage(acquisition_id=ACQUISITION_ID, seq=0, frames=1, counts=0, detector="HAADF", sweeps=1)
+    assert topic_for("image") == b"image"
 
 
 def test_events_of_unequal_length_are_a_schema_error():

@@ -177,7 +177,7 @@ class _Tally:
         self.xrays += xrays
         self.nbytes += nbytes
         self.last_seq = header.seq
-        if header.kind == "frame":
+        if header.kind in ("frame", "image"):  # a sweep's image belongs to the sweep
             self.frame_index = header.frame_index
             self.sweep = [self.sweep[0] + 1, self.sweep[1] + xrays, self.sweep[2] + nbytes]
 

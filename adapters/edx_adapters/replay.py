@@ -7,6 +7,11 @@
 Supported files: HyperSpy ``.hspy`` and Bruker ``.bcf`` (dense; the counts are
 split over invented sweeps), JEOL ``.pts`` (real sweeps, as events) and Velox
 ``.emd`` (the raw SpectrumStream of every detector).
+
+The simultaneous image travels too, as ``image`` messages after each sweep: a
+``.bcf`` file's own image (HAADF preferred), a Velox file's HAADF (or other
+dark-field) image, one per recorded frame, and for ``.hspy`` the sibling image
+file named by :func:`edx_adapters.formats.dense.sibling_image_paths`.
 """
 
 from __future__ import annotations
@@ -54,11 +59,13 @@ class Replay:
     def messages(self) -> Iterator[tuple[object, dict[str, np.ndarray]]]:
         """Yield ``(header, arrays)`` for every frame message, then the stop message.
 
-        The seq numbers run 1, 2, ... without gaps. Each call starts again and
-        yields the same messages (the dense split depends only on the seed).
+        When the file has a simultaneous image (HAADF, ADF...), each sweep's image
+        follows that sweep's frames as ``image`` messages. The seq numbers run 1, 2,
+        ... without gaps. Each call starts again and yields the same messages (the
+        dense split depends only on the seed).
         """
         seq = 0
-        for chunk in self._source.chunks(self.chunk_pixels):
+        for chunk in self._source.stream(self.chunk_pixels):
             seq += 1
             header = chunk.payload(acquisition_id=self.start.acquisition_id, seq=seq,
                                    frame_index=chunk.frame_index, arrays=describe(chunk.arrays), **chunk.fields)

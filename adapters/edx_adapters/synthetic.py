@@ -20,6 +20,11 @@ width, on a Kramers continuum that rolls off at low energy.
 :meth:`Phantom.frames` draws Poisson events sweep by sweep; the sweeps are
 independent, so their sum is a Poisson draw of the full dose.
 
+The acquisition has a simultaneous annular dark-field image too
+(:meth:`Phantom.adf_image`, sent after each sweep): mass-thickness and Z
+contrast, the thickness times the phase's mean atomic number to the power 1.7,
+plus detector noise.
+
 Intensity model (what a quantification should undo): the principal line of
 each element has an intensity proportional to its weight fraction divided by
 its k-factor (:attr:`Phantom.kfactors`, 1 for every line), so Cliff-Lorimer
@@ -41,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from edx_protocol import Detector, EnergyAxis, EventsFrame, Start
 
-from .formats.common import DEFAULT_AZIMUTH_DEG, DEFAULT_ELEVATION_DEG, Chunk, Source
+from .formats.common import DEFAULT_AZIMUTH_DEG, DEFAULT_ELEVATION_DEG, Chunk, Source, SweepImages
 from .formats.jeol import split_by_pixel
 from .replay import Replay, _check_int, default_acquisition_id
 
@@ -51,6 +56,11 @@ DEFAULT_RESOLUTION_EV = 130.0
 CONTINUUM_PER_LINE_AT_FE = 0.15
 #: Energy (keV) of the continuum's low-energy absorption roll-off, exp(-(E_abs/E)^3).
 ABSORPTION_KEV = 0.8
+#: Annular dark-field signal ~ thickness x Z^ADF_Z_EXPONENT (Rutherford-like Z contrast).
+ADF_Z_EXPONENT = 1.7
+#: Mean of the expected ADF image, in detector units, and its noise per sweep (relative standard deviation).
+ADF_MEAN = 1000.0
+ADF_NOISE = 0.02
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,29 @@ class Phantom:
             out[r0:r0 + block_rows] = rng.poisson(lam)
         return out
 
+    def adf_expected(self) -> np.ndarray:
+        """Expected annular dark-field image (rows, columns), float32, with mean :data:`ADF_MEAN`.
+
+        Each pixel is its thickness times the sum over phases of the phase's
+        fraction times its mean atomic number (over atoms) to the power
+        :data:`ADF_Z_EXPONENT`: heavy phases and thick areas are bright.
+        """
+        z = np.array([sum(a * _atomic_number(e) for e, a in c.items()) / sum(c.values())
+                      for c in self.compositions]) ** ADF_Z_EXPONENT
+        signal = self.thickness * np.tensordot(z, self.fractions, axes=1)
+        return (signal * (ADF_MEAN / signal.mean())).astype(np.float32)
+
+    def adf_image(self, frame_index: int, seed=None) -> np.ndarray:
+        """Sweep ``frame_index``'s ADF image: :meth:`adf_expected` plus Gaussian noise, float32.
+
+        The noise's standard deviation is :data:`ADF_NOISE` of the mean; the same
+        seed and sweep give the same image.
+        """
+        expected = self.adf_expected()
+        rng = np.random.default_rng(None if seed is None else (int(seed), int(frame_index)))
+        noise = rng.normal(0.0, ADF_NOISE * ADF_MEAN, expected.shape)
+        return (expected + noise).astype(np.float32)
+
     def start_fields(self, frames: int | None = None, dose: float | None = None) -> dict:
         """Keyword arguments for :class:`edx_protocol.Start` except the id and seq."""
         rows, columns = self.shape
@@ -512,6 +545,9 @@ def synthetic_replay(phantom: Phantom, dose: float = 200.0, frames: int = 10, se
                      chunk_pixels: int | None = None, acquisition_id: str | None = None) -> Replay:
     """The phantom's acquisition as a :class:`~edx_adapters.replay.Replay` of events frames.
 
+    Each sweep's events are followed by its ADF image (:meth:`Phantom.adf_image`,
+    detector ``"HAADF"``).
+
     Parameters
     ----------
     phantom : Phantom
@@ -542,8 +578,9 @@ def synthetic_replay(phantom: Phantom, dose: float = 200.0, frames: int = 10, se
     fields = phantom.start_fields(frames, dose)
     start = Start(acquisition_id=acquisition_id or default_acquisition_id("synthetic"), seq=0, **fields)
     chunk = int(chunk_pixels) if chunk_pixels is not None else phantom.shape[1]
+    images = SweepImages("HAADF", lambda index: phantom.adf_image(index, seed))
     return Replay(start=start, frames=frames, chunk_pixels=chunk, path=Path("synthetic"),
-                  _source=Source(fields, frames, chunks))
+                  _source=Source(fields, frames, chunks, images))
 
 
 def _block_sum(stack: np.ndarray, factor: int, fill: tuple[float, float]) -> np.ndarray:

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from edx_protocol import DenseFrame, EventsFrame, ProtocolError, Start, Stop, VeloxFrame, decode
+from edx_protocol import DenseFrame, EventsFrame, Image, ProtocolError, Start, Stop, VeloxFrame, decode
 
 from .accumulator import Accumulator, EnergySelection, FrameRejected
+from .image import ImageAccumulator
+from .rate import CountRate
 
 #: Missing seq ranges kept per acquisition (the count is always exact).
 MAX_GAP_RANGES = 100
@@ -23,7 +25,8 @@ MAX_GAP_RANGES = 100
 #: Reason codes of the messages Ingest refuses (decode's own are in edx_protocol.codec).
 REASONS = ("too_large", "unknown_acquisition", "duplicate_seq", "seq_out_of_window", "pixel_out_of_range",
            "channel_out_of_range", "detector_out_of_range", "shape_mismatch", "energy_range", "count_overflow",
-           "acquisition_too_large", "too_many_acquisitions", "out_of_memory", "unsupported_payload")
+           "acquisition_too_large", "too_many_acquisitions", "out_of_memory", "unsupported_payload",
+           "detector_mismatch", "not_finite")
 
 
 @dataclass
@@ -42,6 +45,18 @@ class Acquisition:
     gap_ranges: list[tuple[int, int]] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     detector_counts: Counter = field(default_factory=Counter)
+    images: ImageAccumulator | None = None  # from the first image message on
+    rate: CountRate = field(default_factory=CountRate)  # sampled by the service
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The mean simultaneous image (rows, columns), float32; None before the first image."""
+        return self.images.mean if self.images is not None and self.images.sweeps else None
+
+    @property
+    def image_detector(self) -> str | None:
+        """The detector of :attr:`image` (e.g. ``"HAADF"``); None before the first image."""
+        return self.images.detector if self.images is not None and self.images.sweeps else None
 
     @property
     def acquisition_id(self) -> str:
@@ -64,7 +79,7 @@ class Acquisition:
 class Outcome:
     """What one message did.
 
-    ``kind`` is ``start``, ``frame``, ``stop`` or ``rejected``; ``reason`` and
+    ``kind`` is ``start``, ``frame``, ``image``, ``stop`` or ``rejected``; ``reason`` and
     ``detail`` say why a message was rejected; ``gap`` is the seq range that a
     message revealed as missing, if any.
     """
@@ -161,7 +176,12 @@ class Ingest:
             return self._reject("seq_out_of_window", f"seq {header.seq} is more than {self.options.max_seq_gap} "
                                 f"ahead of the next expected {acq.next_seq}", header, acq)
         try:
-            counts = self._stop(acq, header) if isinstance(header, Stop) else self._frame(acq, header, arrays)
+            if isinstance(header, Stop):
+                counts = self._stop(acq, header)
+            elif isinstance(header, Image):
+                counts = self._image(acq, header, arrays["image"])
+            else:
+                counts = self._frame(acq, header, arrays)
         except FrameRejected as exc:
             return self._reject(exc.reason, exc.detail, header, acq)
         gap = (acq.next_seq, header.seq - 1) if header.seq > acq.next_seq else None
@@ -231,6 +251,17 @@ class Ingest:
             raise FrameRejected("unsupported_payload", type(header).__name__)
         acq.frames = max(acq.frames, header.frame_index + 1)
         return counts
+
+    def _image(self, acq: Acquisition, header: Image, image: np.ndarray) -> int:
+        if acq.images is None:
+            try:
+                images = ImageAccumulator(acq.start.scan_shape, header.detector)
+            except (MemoryError, OSError) as exc:
+                raise FrameRejected("out_of_memory", f"cannot allocate the image: {exc}") from None
+            images.check(image, header.first_row, header.detector)  # a refused first image leaves none
+            acq.images = images
+        acq.images.add(image, header.first_row, header.frame_index, header.detector)
+        return 0
 
     def _stop(self, acq: Acquisition, stop: Stop) -> int:
         # frames stays what arrived: a stop claiming more sweeps than came is kept apart, not believed.

@@ -1,6 +1,6 @@
 """Subscribers to the service's documents: each is a callable ``(header, arrays) -> None``.
 
-The service emits protocol documents (status, clusters, composition); the
+The service emits protocol documents (status, clusters, composition, image); the
 ZeroMQ publisher, the console printer and the in-memory collector are peers
 that receive the same documents.
 """
@@ -81,6 +81,10 @@ def format_document(header) -> str:
         return (f"[status] {header.acquisition_id} {header.state}: {header.frames} frames, "
                 f"{header.counts} counts, {header.messages} messages, {rej} rejected, "
                 f"{header.gaps.count} missing")
+    if header.kind == "image":
+        rows, columns = header.arrays[0].shape
+        return (f"[image] {header.acquisition_id} {header.detector} {rows}x{columns}: mean of {header.sweeps} "
+                f"sweeps" + (" (final)" if header.final else ""))
     if header.kind == "clusters":
         sizes = ", ".join(f"#{c.label}:{c.pixels}px" for c in header.clusters)
         change = []

@@ -10,6 +10,12 @@ traceback; a refit that fails is logged, counted in ``refit_errors``, and the
 next one runs as planned. Only errors that are not ``Exception`` (a
 ``KeyboardInterrupt`` in a refit, say) are re-raised on the ingest thread.
 
+The mean simultaneous image is republished from the ingest thread when a new
+image has arrived, at most once per status interval (only the latest mean,
+never a queue of them), and once more, ``final``, when its acquisition stops.
+The count rate is sampled at every periodic status while acquiring (samples are
+at least an interval apart), so a stopped acquisition keeps its last rate.
+
 Warm-up (JIT compilation) runs on a thread of its own, so a refit, a stop's
 final refit included, never waits for it. On :meth:`Service.stop` the loop
 gives a running refit ``shutdown_grace_s`` to finish, then abandons it (its
@@ -27,6 +33,7 @@ from edx_protocol import Gaps, Status
 
 from edx_live.config import ingest_options
 from edx_live.core.ingest import Acquisition, Ingest, Outcome
+from edx_live.documents import image_document
 from edx_live.core.snapshot import Snapshot, take_snapshot
 from edx_live.logs import ReasonLog, get_logger
 
@@ -69,7 +76,7 @@ class Service:
     connection : Connection
         Where frames come from.
     subscribers : list of callables ``(header, arrays)``
-        Receive every document (status, clusters, composition).
+        Receive every document (status, clusters, composition, image).
     analyze : callable ``Snapshot -> iterable of (header, arrays)``
         The refit: segmentation and quantification of one snapshot; documents are
         published as the iterable yields them.
@@ -77,11 +84,16 @@ class Service:
         Run on a thread of its own at start-up (JIT compilation), beside ingest and refits.
     shutdown_grace_s : float
         How long :meth:`run` waits for a running refit once asked to stop.
+    on_finished : callable ``(acquisition, service, elapsed_s)``, optional
+        Called once an acquisition's final refit is done (a
+        :class:`~edx_live.shell.sessions.SessionWriter` writes its folder).
     """
 
     def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze,
-                 warm_up: Callable[[], object] | None = None, shutdown_grace_s: float = 3.0):
+                 warm_up: Callable[[], object] | None = None, shutdown_grace_s: float = 3.0,
+                 on_finished: Callable[..., object] | None = None):
         self.settings = settings
+        self.on_finished = on_finished
         self.connection = connection
         self.subscribers = list(subscribers)
         self.analyze = analyze
@@ -101,6 +113,8 @@ class Service:
         self._frames_at_refit: dict[str, int] = {}
         self._counts_at_refit: dict[str, int] = {}
         self._clock: dict[str, list[float]] = {}  # acquisition id -> [started at, stopped at]
+        self._images_sent = 0  # image messages of the current acquisition in the last image published
+        self._next_image = 0.0
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -120,8 +134,10 @@ class Service:
                 self._collect()
                 now = time.monotonic()
                 if now >= next_status:
+                    self._sample_rate(now)
                     self.emit_status()
                     next_status = now + self.settings.output.status_interval_s
+                self._publish_image(now)
                 self._schedule(now)
                 if stop_after is not None and self.finished >= stop_after and self._running is None:
                     break
@@ -174,6 +190,8 @@ class Service:
             if replaced is not None:
                 log.warning("acquisition_replaced", acquisition_id=replaced.acquisition_id,
                             frames=replaced.frames, counts=replaced.accumulator.counts)
+                self._close(replaced)
+            self._images_sent, self._next_image = 0, 0.0
             self._last_refit_at = time.monotonic()
             self._clock = {aid: t for aid, t in self._clock.items() if aid in self._open_ids()}
             self._clock[acq.acquisition_id] = [self._last_refit_at]
@@ -186,7 +204,32 @@ class Service:
             if acq.stop_frames != acq.frames:
                 log.warning("stop_frames_differ", acquisition_id=acq.acquisition_id, claimed=acq.stop_frames,
                             received=acq.frames)
+            self._close(acq)
             self.emit_status()
+
+    def _close(self, acq: Acquisition) -> None:
+        """An acquisition stopped (or was replaced): publish its final image."""
+        if acq.images is not None and acq.images.sweeps:
+            self.emit(*image_document(acq, final=True))
+            log.info("image_final", acquisition_id=acq.acquisition_id, detector=acq.image_detector,
+                     sweeps=acq.images.sweeps)
+
+    def _sample_rate(self, now: float) -> None:
+        """Note the current acquisition's counts for its count rate (at each periodic status)."""
+        acq = self.ingest.current
+        if acq is not None and acq.state == "acquiring":
+            acq.rate.note(now, acq.accumulator.counts)
+
+    def _publish_image(self, now: float) -> None:
+        """The current mean image, if a new image arrived and the last one went out an interval ago."""
+        acq = self.ingest.current
+        if acq is None or acq.state != "acquiring" or acq.images is None or now < self._next_image:
+            return
+        if acq.images.messages == self._images_sent or not acq.images.sweeps:
+            return
+        self._images_sent = acq.images.messages
+        self._next_image = now + self.settings.output.status_interval_s
+        self.emit(*image_document(acq, final=False))
 
     # refits -----------------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
@@ -265,6 +308,11 @@ class Service:
             self.ingest.release(job.acquisition)
             self.finished += 1
             self.emit(self.status(final=True, acq=job.acquisition))
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(job.acquisition, self, self._elapsed(job.acquisition))
+                except Exception:  # contained like a subscriber's failure
+                    log.exception("on_finished_failed", acquisition_id=job.acquisition.acquisition_id)
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
@@ -293,7 +341,10 @@ class Service:
                     rejected=dict(self.ingest.rejected))
         if acq is None:
             return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0, **base)
+        start = acq.start
         return Status(acquisition_id=acq.acquisition_id, frames=acq.frames, counts=acq.accumulator.counts,
                       state=acq.state, messages=acq.messages, acquisition_rejected=dict(acq.rejected),
                       gaps=Gaps(count=acq.missing, missing=acq.gap_ranges[-100:]),
-                      scan_shape=acq.start.scan_shape, expected_frames=acq.start.expected_frames, **base)
+                      scan_shape=start.scan_shape, expected_frames=start.expected_frames,
+                      pixel_size=start.pixel_size, pixel_unit=start.pixel_unit, title=start.title,
+                      count_rate=acq.rate.value, **base)

@@ -1,4 +1,4 @@
-"""Messages a producer sends to the service: acquisition start, frame data, stop.
+"""Messages a producer sends to the service: acquisition start, frame data, images, stop.
 
 Every message is a small msgpack header (one of the models below) followed by
 the raw buffers its ``arrays`` list describes. These pydantic models are the
@@ -18,6 +18,9 @@ from .version import PROTOCOL_VERSION
 
 #: dtypes allowed on the wire, as numpy ``dtype.str`` (explicit byte order).
 UNSIGNED_DTYPES = ("|u1", "<u2", "<u4", "<u8")
+
+#: dtypes a simultaneous image may travel in (integers as the detector digitises them, or floats).
+IMAGE_DTYPES = ("|u1", "<u2", "<u4", "<f4", "<f8")
 
 #: Velox SpectrumStream marker that closes a pixel's list of channels.
 VELOX_NEXT_PIXEL = 65535
@@ -227,6 +230,29 @@ class DenseFrame(_FrameHeader):
     pixel_start: PixelIndex = Field(description="Pixel of the first row of counts.")
 
 
+class Image(_Header):
+    """A sweep's simultaneous image (HAADF, ADF...), or a block of its rows: ``image`` (rows, columns).
+
+    The block covers scan rows ``first_row`` to ``first_row + rows - 1`` of sweep
+    ``frame_index``; its columns are the scan's. The receiver checks both against the start.
+    """
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"image": ArraySpec(IMAGE_DTYPES, 2)}
+
+    kind: Literal["image"] = "image"
+    frame_index: Index = Field(description="Which sweep of the scan the image belongs to.")
+    detector: wire_str(min_length=1, max_length=64) = Field(
+        description="Name of the image detector, e.g. HAADF; every image of an acquisition names the same one.")
+    first_row: wire_int(ge=0, le=MAX_SCAN_SIDE - 1) = Field(
+        default=0, description="Scan row of the image's first row (a block of rows may be sent).")
+    arrays: list[ArrayDescriptor] = Field(max_length=1, description="The image buffer that follows the header.")
+
+    @model_validator(mode="after")
+    def _arrays_follow_spec(self) -> "Image":
+        check_arrays(self.arrays, self.ARRAYS)
+        return self
+
+
 class Stop(_Header):
     """Closes an acquisition. ``frames`` is the number of sweeps the producer completed."""
 
@@ -238,4 +264,4 @@ class Stop(_Header):
 
 
 Frame = Annotated[Union[EventsFrame, VeloxFrame, DenseFrame], Field(discriminator="payload")]
-AcquisitionMessage = Annotated[Union[Start, Frame, Stop], Field(discriminator="kind")]
+AcquisitionMessage = Annotated[Union[Start, Frame, Image, Stop], Field(discriminator="kind")]

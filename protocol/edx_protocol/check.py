@@ -22,7 +22,7 @@ from .results import NOISE_LABEL
 #: Rule code -> what it requires.
 RULES = {
     "header.finite": "no float in a header is NaN or infinite",
-    "arrays.finite": "float arrays (confidence, outlier) are finite",
+    "arrays.finite": "float arrays (confidence, outlier, image) are finite",
     "clusters.arrays": "the labels and spectra arrays are present",
     "clusters.order": "cluster labels strictly increase",
     "clusters.labels": "the label map holds only cluster labels and 65535 (noise)",
@@ -45,6 +45,8 @@ RULES = {
     "status.state": "state is idle exactly when acquisition_id is null",
     "status.gaps": "gaps.count covers the missing ranges, each first <= last",
     "status.rejected": "rejected counts are >= 0",
+    "image.arrays": "the image array is present, two-dimensional",
+    "image.sweeps": "sweeps is at least 1 and never decreases per acquisition",
     "seq.step": "seq grows by exactly 1 per topic",
     "composition.follows": "a composition follows the clusters document of its acquisition, workflow and refit",
     "composition.match": "a composition has that clusters document's labels, pixels, frames and counts",
@@ -89,7 +91,7 @@ def check_document(header, arrays: dict[str, np.ndarray] | None = None) -> list[
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             problems.append(f"arrays.finite: {name} has {int(np.count_nonzero(~np.isfinite(array)))} "
                             "non-finite values")
-    by_kind = {"status": _status, "clusters": _clusters, "composition": _composition}
+    by_kind = {"status": _status, "clusters": _clusters, "composition": _composition, "image": _image}
     return problems + by_kind[header.kind](header, arrays)
 
 
@@ -223,6 +225,14 @@ def _cluster_composition(c, elements: list[str]) -> list[str]:
     return problems
 
 
+def _image(h, arrays) -> list[str]:
+    image = arrays.get("image")
+    problems = [] if h.sweeps >= 1 else [f"image.sweeps: an image of {h.sweeps} sweeps"]
+    if image is None or image.ndim != 2:
+        problems.append(f"image.arrays: {'missing' if image is None else f'shape {list(image.shape)}'}")
+    return problems
+
+
 def _where(h) -> str:
     """The document a problem belongs to, for the problem's message."""
     workflow = getattr(h, "workflow", None)
@@ -257,6 +267,7 @@ class DocumentChecker:
         self._status_counts: dict[str, int] = {}
         self._finals: defaultdict[str, list] = defaultdict(list)  # acquisition -> final clusters headers
         self._final_status: dict[str, object] = {}
+        self._image_sweeps: dict[str, int] = {}
 
     def __call__(self, header, arrays: dict[str, np.ndarray] | None = None) -> None:
         """Check one document; record its problems in :attr:`problems`."""
@@ -292,6 +303,13 @@ class DocumentChecker:
             self._final_status[h.acquisition_id] = h
             problems += [p for c in self._finals[h.acquisition_id] for p in _final_mismatch(h, c)]
         return problems
+
+    def _after_image(self, h) -> list[str]:
+        last = self._image_sweeps.get(h.acquisition_id)
+        self._image_sweeps[h.acquisition_id] = h.sweeps
+        if last is not None and h.sweeps < last:
+            return [f"image.sweeps: {h.sweeps} sweeps after {last}"]
+        return []
 
     def _after_clusters(self, h) -> list[str]:
         key = (h.acquisition_id, h.workflow)

@@ -1,6 +1,6 @@
 """The example messages behind ``protocol/golden``: one small acquisition, then one of each result.
 
-The acquisition messages form a valid stream in order (seq 0 to 6) for a
+The acquisition messages form a valid stream in order (seq 0 to 7) for a
 4 x 6 scan with 32 channels, so a receiver can replay them end to end. Values
 are fixed literals: the golden files must come out byte for byte the same on
 every run.
@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .acquisition import VELOX_NEXT_PIXEL, DenseFrame, Detector, EnergyAxis, EventsFrame, Start, Stop, VeloxFrame
+from .acquisition import (VELOX_NEXT_PIXEL, DenseFrame, Detector, EnergyAxis, EventsFrame, Image, Start, Stop,
+                          VeloxFrame)
 from .codec import describe, encode
 from .results import (
     NOISE_LABEL,
@@ -23,6 +24,7 @@ from .results import (
     ElementResult,
     TimeToTarget,
     Gaps,
+    MeanImage,
     Status,
     topic_for,
 )
@@ -99,8 +101,16 @@ def _dense(name: str, dtype: str, seq: int, pixel_start: int, values: dict[tuple
                    _frame(DenseFrame, seq, 2, arrays, pixel_start=pixel_start), arrays)
 
 
+def _image() -> Example:
+    arrays = {"image": np.array([[812, 790, 1021, 1500, 1496, 805], [799, 1010, 1488, 1502, 1017, 801]],
+                                dtype="<u2")}
+    header = Image(acquisition_id=ACQUISITION_ID, seq=6, frame_index=2, detector="HAADF", first_row=1,
+                   arrays=describe(arrays))
+    return Example("image", "HAADF image rows 1 and 2 (of 4) of sweep 2, as uint16.", header, arrays)
+
+
 def _stop() -> Example:
-    header = Stop(acquisition_id=ACQUISITION_ID, seq=6, frames=3, reason="complete")
+    header = Stop(acquisition_id=ACQUISITION_ID, seq=7, frames=3, reason="complete")
     return Example("stop", "Stop after 3 sweeps.", header, {})
 
 
@@ -109,14 +119,16 @@ def acquisition_examples() -> list[Example]:
     return [_start(), _events(), _events_detector(), _velox(),
             _dense("frame_dense_u8", "|u1", 4, 0, {(0, 3): 1, (0, 31): 255, (1, 10): 2}),
             _dense("frame_dense_u16", "<u2", 5, 2, {(0, 10): 258, (1, 0): 1, (2, 31): 65535}),
-            _stop()]
+            _image(), _stop()]
 
 
 def _status() -> Example:
     header = Status(acquisition_id=ACQUISITION_ID, seq=4, frames=2, counts=17, state="acquiring",
                     messages=5, rejected={"pixel_out_of_range": 1}, gaps=Gaps(count=2, missing=[(3, 4)]),
-                    refits=1, last_refit_s=0.75, scan_shape=SCAN_SHAPE, expected_frames=3)
-    return Example("status", "Status while acquiring, after a gap of seq 3 to 4 and one rejected frame.",
+                    refits=1, last_refit_s=0.75, scan_shape=SCAN_SHAPE, expected_frames=3, pixel_size=0.5,
+                    pixel_unit="nm", title="golden example acquisition", count_rate=8.5)
+    return Example("status", "Status while acquiring, after a gap of seq 3 to 4 and one rejected frame; "
+                             "8.5 counts per second over the last status intervals.",
                    header, {}, topic_for("status"))
 
 
@@ -178,6 +190,17 @@ def _composition() -> Example:
                                   "cluster 2 Fe is not detected.", header, {}, topic_for("composition", "umap-hdbscan"))
 
 
+def _mean_image() -> Example:
+    image = np.full(SCAN_SHAPE, 800.0, dtype="<f4")
+    image[1:3, 2:4] = 1500.0
+    image[1:3, [1, 4]] = 1012.5
+    arrays = {"image": image}
+    header = MeanImage(acquisition_id=ACQUISITION_ID, seq=2, frames=3, counts=22, final=True, detector="HAADF",
+                       sweeps=3, pixel_size=0.5, pixel_unit="nm", arrays=describe(arrays))
+    return Example("mean_image", "Mean HAADF image of 3 sweeps of the 4 x 6 scan, sent at the stop.", header, arrays,
+                   topic_for("image"))
+
+
 def result_examples() -> list[Example]:
     """The golden published documents (their frames start with the topic)."""
-    return [_status(), _clusters(), _composition()]
+    return [_status(), _clusters(), _composition(), _mean_image()]

@@ -1,4 +1,4 @@
-"""Documents the service publishes: status, cluster maps, compositions.
+"""Documents the service publishes: status, cluster maps, compositions, the simultaneous image.
 
 Each is sent on the service's PUB socket as ``[topic, header, *buffers]``; the
 topic strings are in ``TOPICS``. Subscribe to a prefix (``b"clusters/"``) to
@@ -21,11 +21,12 @@ TOPICS = {
     "status": "status",
     "clusters": "clusters/{workflow}",
     "composition": "composition/{workflow}",
+    "image": "image",
 }
 
 
 def topic_for(kind: str, workflow: str | None = None) -> bytes:
-    """ZeroMQ topic of a published document kind (``status``, ``clusters``, ``composition``)."""
+    """ZeroMQ topic of a published document kind (``status``, ``clusters``, ``composition``, ``image``)."""
     return TOPICS[kind].format(workflow=workflow).encode()
 
 
@@ -66,6 +67,12 @@ class Status(_Document):
     scan_shape: tuple[int, int] | None = Field(default=None, description="(rows, columns) from the start.")
     expected_frames: int | None = Field(default=None, description="From the start, if the producer knew.")
     refit_errors: int = Field(default=0, ge=0, description="Workflow refits that failed (see the service log).")
+    pixel_size: float | None = Field(default=None, description="Scan step, in pixel_unit (from the start).")
+    pixel_unit: str = Field(default="nm", description="Unit of pixel_size (from the start).")
+    title: str | None = Field(default=None, description="Title of the acquisition (from the start).")
+    count_rate: float | None = Field(default=None, ge=0, description=(
+        "X-ray counts accumulated per second, measured by the service over its last two status intervals "
+        "while acquiring (after the stop: the last rate measured); None until two intervals have passed."))
 
 
 class ClusterInfo(_Model):
@@ -205,6 +212,26 @@ class Composition(_Document):
         default_factory=dict, description="The model fit: elements, range, calibrated resolution and offset.")
 
 
-ResultDocument = Annotated[Union[Status, Clusters, Composition], Field(discriminator="kind")]
+class MeanImage(_Document):
+    """The acquisition's simultaneous image: the mean of each pixel over the sweeps received.
+
+    Array: ``image`` (<f4, scan rows x columns). A pixel whose row no image has reached yet is 0.
+    """
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"image": ArraySpec(("<f4",), 2)}
+
+    kind: Literal["image"] = "image"
+    detector: str = Field(description="Name of the image detector, e.g. HAADF (from the image messages).")
+    sweeps: int = Field(ge=0, description="Sweeps whose image (or part of it) was received.")
+    pixel_size: float | None = Field(default=None, description="Scan step, in pixel_unit (from the start).")
+    pixel_unit: str = Field(default="nm", description="Unit of pixel_size (from the start).")
+
+    @model_validator(mode="after")
+    def _arrays_follow_spec(self) -> "MeanImage":
+        check_arrays(self.arrays, self.ARRAYS)
+        return self
+
+
+ResultDocument = Annotated[Union[Status, Clusters, Composition, MeanImage], Field(discriminator="kind")]
 
 NOISE_LABEL = 65535

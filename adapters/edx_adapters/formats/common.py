@@ -1,18 +1,21 @@
 """What every file format hands to the replay: a :class:`Source` of :class:`Chunk` objects.
 
 Also the small metadata helpers the formats share, for HyperSpy-style metadata
-dictionaries as rosettasciio returns them.
+dictionaries as rosettasciio returns them, and the simultaneous image
+(:class:`SweepImages`): a file's HAADF/ADF image, fitted to the scan and sent
+after each sweep's X-rays.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from edx_protocol import Detector, EnergyAxis
+from edx_protocol import Detector, EnergyAxis, Image
 
 #: Length units rosettasciio writes, in nanometres (HyperSpy writes "µm" with a micro sign).
 _NM_PER_UNIT = {"m": 1e9, "mm": 1e6, "µm": 1e3, "μm": 1e3, "um": 1e3, "nm": 1.0, "pm": 1e-3,
@@ -23,6 +26,12 @@ log = logging.getLogger("edx_adapters")
 #: What exspy assumes when a file does not say (so the numbers match an offline analysis).
 DEFAULT_ELEVATION_DEG = 35.0
 DEFAULT_AZIMUTH_DEG = 0.0
+
+#: Largest image message, in bytes: a bigger image is sent as blocks of rows.
+IMAGE_MESSAGE_BYTES = 2**20
+
+#: Detector names by preference: HAADF, then other annular dark-field detectors (ADF, DF4, DF-S...).
+_DARK_FIELD = (re.compile(r"HAADF", re.I), re.compile(r"ADF|^DF", re.I))
 
 
 class Chunk(NamedTuple):
@@ -39,6 +48,45 @@ class Chunk(NamedTuple):
 
 
 @dataclass(frozen=True)
+class SweepImages:
+    """The simultaneous image a replay sends after each sweep's X-rays.
+
+    Attributes
+    ----------
+    detector : str
+        The image detector's name, e.g. ``"HAADF"``.
+    image : callable
+        ``image(frame_index)`` returns that sweep's image (rows, columns) in a wire
+        dtype (:func:`wire_image`), already the scan's shape, or None for no image.
+    """
+
+    detector: str
+    image: Callable[[int], np.ndarray | None]
+
+    @classmethod
+    def repeated(cls, detector: str, image: np.ndarray) -> "SweepImages":
+        """The same image after every sweep (a file that holds one image for the whole acquisition)."""
+        return cls(detector, lambda index: image)
+
+    @classmethod
+    def stack(cls, detector: str, images: np.ndarray) -> "SweepImages":
+        """Image ``i`` of a (sweeps, rows, columns) stack after sweep ``i``; one image goes after every sweep."""
+        if len(images) == 1:
+            return cls.repeated(detector, images[0])
+        return cls(detector, lambda index: images[index] if index < len(images) else None)
+
+    def chunks(self, frame_index: int) -> Iterator[Chunk]:
+        """The image of sweep ``frame_index`` in blocks of rows of at most :data:`IMAGE_MESSAGE_BYTES`."""
+        image = self.image(frame_index)
+        if image is None:
+            return
+        rows = max(1, IMAGE_MESSAGE_BYTES // max(1, image.shape[1] * image.itemsize))
+        for first in range(0, image.shape[0], rows):
+            yield Chunk(frame_index, Image, {"detector": self.detector, "first_row": first},
+                        {"image": image[first:first + rows]})
+
+
+@dataclass(frozen=True)
 class Source:
     """A file ready to replay.
 
@@ -51,11 +99,75 @@ class Source:
     chunks : callable
         ``chunks(chunk_pixels)`` returns a fresh iterator over the chunks, sweep
         by sweep, each of at most ``chunk_pixels`` pixels; each call yields the same data.
+    images : SweepImages or None
+        The simultaneous image, when the file has one.
     """
 
     start_fields: dict[str, Any]
     frames: int
     chunks: Callable[[int], Iterator[Chunk]]
+    images: SweepImages | None = None
+
+    def stream(self, chunk_pixels: int) -> Iterator[Chunk]:
+        """:attr:`chunks`, with each sweep's image after the sweep's last X-ray chunk."""
+        last = None
+        for chunk in self.chunks(chunk_pixels):
+            if self.images is not None and last is not None and chunk.frame_index != last:
+                yield from self.images.chunks(last)
+            last = chunk.frame_index
+            yield chunk
+        if self.images is not None and last is not None:
+            yield from self.images.chunks(last)
+
+
+def wire_image(image: np.ndarray) -> np.ndarray | None:
+    """``image`` in a dtype an image message carries, or None when it has none.
+
+    Unsigned integers up to 32 bits and float32/float64 travel as they are; signed
+    integers become float64 (exact) and booleans uint8. An image with NaN or
+    infinite values is refused by the service, so it gets None here.
+    """
+    image = np.asarray(image)
+    if image.dtype.kind == "b":
+        return image.astype(np.uint8)
+    if image.dtype.kind == "f" and image.dtype.itemsize < 4:
+        image = image.astype(np.float32)
+    if image.dtype.kind == "u" and image.dtype.itemsize <= 4 or image.dtype in (np.float32, np.float64):
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            log.warning("image with NaN or infinite values not sent")
+            return None
+        return np.ascontiguousarray(image)
+    if image.dtype.kind in "iu":
+        return image.astype(np.float64)
+    log.warning("image of dtype %s not sent: images travel as unsigned integers or floats", image.dtype)
+    return None
+
+
+def fit_to_scan(image: np.ndarray, scan_shape: tuple[int, int], what: str) -> np.ndarray | None:
+    """``image`` (rows, columns) at the scan's shape, or None.
+
+    An image of the scan's shape is kept as it is. One that is an integer ``k``
+    times finer than the scan along both axes (the same field of view sampled
+    finer) is averaged over ``k`` x ``k`` blocks, as float32. Any other shape is
+    not sent, with a warning: the image would not match the spectrum image's pixels.
+    """
+    rows, columns = (int(n) for n in scan_shape)
+    if image.shape == (rows, columns):
+        return image
+    k = image.shape[0] // rows if image.ndim == 2 and rows else 0
+    if k > 1 and image.shape == (rows * k, columns * k):
+        log.warning("%s is %dx%d, %d times the scan's %dx%d: sent averaged over %dx%d blocks",
+                    what, image.shape[0], image.shape[1], k, rows, columns, k, k)
+        return image.reshape(rows, k, columns, k).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+    log.warning("%s is %s, the scan %dx%d: not sent (only the scan's shape or an integer multiple of it is "
+                "used)", what, "x".join(map(str, image.shape)), rows, columns)
+    return None
+
+
+def image_rank(name: str) -> int:
+    """Preference of an image detector by name: 0 HAADF, 1 another annular dark field, 2 anything else."""
+    return next((rank for rank, pattern in enumerate(_DARK_FIELD) if pattern.search(name or "")),
+                len(_DARK_FIELD))
 
 
 def lookup(tree: Mapping | None, dotted: str, default=None):

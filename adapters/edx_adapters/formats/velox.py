@@ -6,6 +6,11 @@ stream is uint16 channel indices where 65535 closes a pixel; it is sent as it
 is, cut at pixel boundaries. rosettasciio gives the scan shape and calibration
 (the stream's own ``RasterScanDefinition`` can be wrong, e.g. 128x128 for a
 16x16 map); the per-detector angles come from each stream's metadata.
+
+The simultaneous image is the file's HAADF image (else another dark-field
+image), which Velox records frame by frame beside the streams: frame ``i`` of
+the image goes after sweep ``i``. Element maps, also stored as images, are
+not sent.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from edx_protocol import VELOX_NEXT_PIXEL, Detector, VeloxFrame
 
-from .common import (DEFAULT_AZIMUTH_DEG, DEFAULT_ELEVATION_DEG, Chunk, Source, energy_axis, lookup,
-                     pixel_size)
+from .common import (DEFAULT_AZIMUTH_DEG, DEFAULT_ELEVATION_DEG, Chunk, Source, SweepImages, energy_axis,
+                     fit_to_scan, image_rank, log, lookup, pixel_size, wire_image)
 
 
 def _signal(path: Path) -> dict:
@@ -160,7 +165,34 @@ def load(path: Path, frames: int | None, seed: int) -> Source:
     available = max(b.size - 1 for b in bounds)
     frames = available if frames is None else min(frames, available)
     data = [(stream, b) for (stream, _, _), b in zip(streams, bounds)]
-    return Source(_fields(signal, streams, frames), frames, lambda block: _chunks(data, frames, block))
+    return Source(_fields(signal, streams, frames), frames, lambda block: _chunks(data, frames, block),
+                  _images(path, (rows, columns)))
+
+
+def _images(path: Path, scan_shape: tuple[int, int]) -> SweepImages | None:
+    """The file's dark-field image, one per recorded frame, at the scan's shape; None without one.
+
+    A detector image names its own detector in ``BinaryResult.Detector`` (HAADF,
+    DF4...); an element map names the X-ray detector it was made from.
+    """
+    from rsciio.emd import file_reader
+
+    found = []
+    for s in file_reader(str(path), select_type="images", load_SI_image_stack=True):
+        name = str(lookup(s["metadata"], "General.title") or "")
+        if name and lookup(s["original_metadata"], "BinaryResult.Detector") == name and image_rank(name) < 2:
+            found.append((image_rank(name), name, np.asarray(s["data"])))
+    if not found:
+        return None
+    _, name, stack = min(found, key=lambda f: f[0])
+    stack = stack.reshape(-1, *stack.shape[-2:])
+    wired = [wire_image(image) for image in stack]
+    fitted = [None if image is None else fit_to_scan(image, scan_shape, f"{path.name} image {name!r}")
+              for image in wired]
+    if not fitted or any(image is None for image in fitted):
+        return None  # each case was logged
+    log.info("%s image %r: %d frame(s), sent after the matching sweeps", path.name, name, len(fitted))
+    return SweepImages.stack(name, np.stack(fitted))
 
 
 def _chunks(data: list[tuple[np.ndarray, np.ndarray]], frames: int, block: int) -> Iterator[Chunk]:
