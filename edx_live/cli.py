@@ -1,4 +1,4 @@
-"""``edx-live``: serve, process a file offline, or run the demo.
+"""``edx-live``: serve, process a file offline, view a running service, or run the demo.
 
 Every analysis option can also come from the configuration file (``--config``)
 or the environment (``EDX_LIVE_*``); the command line wins.
@@ -12,7 +12,6 @@ import sys
 import threading
 import warnings
 
-from edx_live.config import ConfigError, load_settings
 from edx_live.logs import configure, get_logger
 
 
@@ -50,7 +49,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     tree = {
         "input": {"address": get("input"), "socket": get("input_socket"), "bind": get("bind")},
-        "output": {"address": get("output")},
+        "output": {"address": get("output"), "sessions_dir": get("sessions")},
         "accumulate": {"spatial_bin": get("spatial_bin"), "energy_min_kev": get("energy_min"),
                        "energy_max_kev": get("energy_max"), "energy_rebin": get("energy_rebin")},
         "refit": {"interval_s": get("refit_interval"), "every_frames": get("refit_every_frames"),
@@ -79,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--refit-interval", type=float, metavar="S", help="seconds between refits (5)")
     serve.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
     serve.add_argument("--acquisitions", type=int, metavar="N", help="exit after N acquisitions")
+    serve.add_argument("--sessions", metavar="DIR", help="write a session folder per acquisition under DIR "
+                       "(default ./sessions)")
+    serve.add_argument("--no-sessions", action="store_true", help="write no session folders")
     _analysis_options(serve)
     proc = sub.add_parser("process", help="run the pipeline over a file and write results")
     proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image")
@@ -87,9 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     proc.add_argument("--chunk-pixels", type=int, help="pixels per message")
     proc.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
     _analysis_options(proc)
+    view = sub.add_parser("view", help="web page of a running service's results (needs edx-live[viewer])")
+    view.add_argument("--connect", default="tcp://127.0.0.1:5557", metavar="ADDR",
+                      help="the service's result PUB endpoint (default tcp://127.0.0.1:5557)")
+    view.add_argument("--address", default="127.0.0.1",
+                      help="address the page is served on (default 127.0.0.1: this PC only)")
+    view.add_argument("--port", type=int, default=5006, help="port of the page (default 5006; 0 = any free)")
+    view.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
+                      help="another name a browser reaches the page by (repeatable)")
+    view.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
     demo = sub.add_parser("demo", help="live loop over loopback sockets on the bundled FePt dataset")
     demo.add_argument("--frames", type=int, default=20)
-    demo.add_argument("--interval", type=float, default=0.5, help="seconds between sweeps")
+    demo.add_argument("--interval", type=float, help="seconds between sweeps (1 in a terminal, else 0.5)")
+    demo.add_argument("--view-port", type=int, default=5006, help="port of the web page on 127.0.0.1 (5006)")
+    demo.add_argument("--no-view", action="store_true", help="no web page")
     return parser
 
 
@@ -115,13 +128,27 @@ def _serve(settings, args) -> int:
     except OSError as exc:
         connection.close()
         raise StartupError(str(exc)) from None
+    analyzer, sessions = Analyzer(settings), None
+    if settings.output.sessions_dir is not None and not args.no_sessions:
+        from edx_live.shell.sessions import SessionWriter
+
+        try:
+            sessions = SessionWriter(settings.output.sessions_dir, settings, lambda: analyzer.latest,
+                                     source=connection.endpoint)
+        except OSError as exc:
+            connection.close()
+            publisher.close()
+            raise StartupError(str(exc)) from None
     warm_up_kernels()
-    service = Service(settings, connection, [publisher], Analyzer(settings), warm_up=warm_up)
+    service = Service(settings, connection, [publisher], analyzer, warm_up=warm_up, on_finished=sessions)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: service.stop())
-    log.info("serving", input=connection.endpoint, input_socket=inp.socket, output=publisher.endpoint)
+    log.info("serving", input=connection.endpoint, input_socket=inp.socket, output=publisher.endpoint,
+             sessions=str(sessions.root) if sessions else None)
     service.run(stop_after=args.acquisitions)
+    if sessions is not None:
+        sessions.join()
     publisher.close()
     return 0
 
@@ -138,7 +165,8 @@ def _process(settings, args) -> int:
         raise StartupError(str(exc)) from None
     summary = process_replay(replay, args.out, settings, refit_every=args.refit_every_frames,
                              subscribers=[ConsolePrinter()])
-    print(f"wrote {args.out}/summary.json and {len(summary['files'])} HyperSpy files "
+    report = " (report.png)" if "report.png" in summary["files"] else " (no report: see the log)"
+    print(f"wrote the session folder {args.out}: summary.json and {len(summary['files'])} files{report} "
           f"in {summary['timings']['total_s']:.1f} s")
     return 0
 
@@ -147,8 +175,26 @@ def _demo(args) -> int:
     from edx_live.shell.demo import run_demo
 
     configure("console", "warning")
-    seconds = run_demo(frames=args.frames, interval_s=args.interval)
+    seconds = run_demo(frames=args.frames, interval_s=args.interval, view=not args.no_view,
+                       view_port=args.view_port)
     print(f"demo finished in {seconds:.1f} s")
+    return 0
+
+
+def _view(args) -> int:
+    try:
+        from edx_live.view.server import serve
+    except ImportError as exc:
+        print(f"edx-live view: error: {exc.name or exc} is not installed; install the viewer with "
+              "pip install 'edx-live[viewer]'", file=sys.stderr)
+        return 2
+    configure("console", args.log_level)
+    try:
+        serve(args.connect, args.address, args.port, args.allow_origin)
+    except OSError as exc:
+        print(f"edx-live view: error: cannot serve on {args.address}:{args.port}: {exc.strerror or exc}; "
+              "choose another --port or --address", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -161,6 +207,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "view":
+        return _view(args)
+    from edx_live.config import ConfigError, load_settings
+
     try:
         settings = load_settings(args.config, _overrides(args))
         configure(settings.log_format, settings.log_level)

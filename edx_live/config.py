@@ -52,6 +52,9 @@ class OutputSettings(_Section):
 
     address: str = Field("tcp://127.0.0.1:5557", description="PUB endpoint the service binds.")
     status_interval_s: float = Field(1.0, gt=0, description="Seconds between status documents.")
+    sessions_dir: Path | None = Field(
+        Path("sessions"), description="A session folder per finished acquisition is written under it "
+                                       "(spectrum image, maps, compositions, report.png); None = none.")
 
 
 class AccumulateSettings(_Section):

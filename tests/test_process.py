@@ -1,22 +1,50 @@
-"""``edx-live process`` on the real FePt core/shell data: the answer and the files a user opens."""
+"""``edx-live process`` on the real FePt core/shell data: the answer and the session folder a user opens."""
 
+import io
 import json
 
 import numpy as np
 import pytest
+from edx_protocol import Composition
 
 from edx_live.cli import main
 from edx_live.quantify.cores import cores
+from edx_live.shell import publish
+from edx_live.shell.offline import _Feeder, _progress_bar
+from edx_live.shell.transport import MemoryConnection
 
 KFACTORS = ["--kfactor", "Fe_Ka=1.450226", "--kfactor", "Pt_La=5.075602"]
+WORKFLOWS = ("pca-gmm", "umap-hdbscan")
+
+
+class _Published(publish.Collector):
+    """Stands in for the command's console printer: keeps the documents ``process`` publishes."""
+
+    documents_seen: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        _Published.documents_seen = self.documents
 
 
 @pytest.fixture(scope="module")
 def processed(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("core_shell")
-    assert main(["process", str(data_dir / "core_shell.hspy"), "--out", str(out), "--frames", "5",
-                 "--chunk-pixels", "129", "--log-level", "warning", *KFACTORS]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(publish, "ConsolePrinter", _Published)
+        assert main(["process", str(data_dir / "core_shell.hspy"), "--out", str(out), "--frames", "5",
+                     "--chunk-pixels", "129", "--log-level", "warning", *KFACTORS]) == 0
     return out, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def published(processed):
+    """The last composition document published per workflow: the final refit's."""
+    last = {}
+    for header, _ in _Published.documents_seen:
+        if header.kind == "composition":
+            last[header.workflow] = header
+    return last
 
 
 def _per_pixel(cluster, element):
@@ -118,3 +146,92 @@ def test_core_agrees_with_hyperspys_own_model_quantification_of_the_same_pixels(
     assert abs(fe["atomic_percent"] - float(np.ravel(reference[0].data)[0])) < max(2.0, 2 * fe["atomic_percent_sigma"])
     assert 0 < fe["atomic_percent_sigma_counting"] <= fe["atomic_percent_sigma"]
     assert core["entropy_r"] == pytest.approx(0.69, abs=0.05)  # Fe:Pt near 1:1, ln 2 = 0.693
+
+
+def test_process_writes_the_whole_session_folder(processed):
+    out, summary = processed
+    per_workflow = ("labels_{}.hspy", "confidence_{}.hspy", "cluster_spectra_{}.hspy", "composition_{}.json",
+                    "composition_{}.csv")
+    expected = {"spectrum_image.hspy", "report.png"} | {f.format(w) for f in per_workflow for w in WORKFLOWS}
+    assert set(summary["files"]) == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected | {"summary.json"})
+
+
+def test_session_maps_and_spectra_load_with_their_calibration(processed):
+    import hyperspy.api as hs
+
+    out, summary = processed
+    si = hs.load(out / "spectrum_image.hspy")
+    assert type(si).__name__ == "EDSTEMSpectrum"
+    assert [(ax.name, ax.scale, ax.units) for ax in si.axes_manager.navigation_axes] == [("x", 0.5, "nm"),
+                                                                                          ("y", 0.5, "nm")]
+    assert si.metadata.Acquisition_instrument.TEM.beam_energy == 200.0
+    assert sorted(si.metadata.Sample.elements) == ["Fe", "Pt"] and si.metadata.General.title
+    for workflow in WORKFLOWS:
+        labels = hs.load(out / f"labels_{workflow}.hspy")
+        confidence = hs.load(out / f"confidence_{workflow}.hspy")
+        assert type(confidence).__name__ == "Signal2D" and confidence.data.shape == labels.data.shape == (32, 32)
+        assert np.isfinite(confidence.data).all()
+        assert confidence.data.min() >= 0 and confidence.data.max() <= 1 and confidence.data.max() > 0.5
+        assert [(ax.name, ax.scale, ax.offset, ax.units) for ax in confidence.axes_manager.signal_axes] == \
+            [(ax.name, ax.scale, ax.offset, ax.units) for ax in labels.axes_manager.signal_axes] == \
+            [("x", 1.0, 0.25, "nm"), ("y", 1.0, 0.25, "nm")]
+        spectra = hs.load(out / f"cluster_spectra_{workflow}.hspy")
+        assert type(spectra).__name__ == "EDSTEMSpectrum"
+        assert spectra.axes_manager.navigation_axes[0].name == "cluster"
+        assert spectra.axes_manager.signal_axes[0].units == "keV"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_session_composition_is_the_one_published(processed, published, workflow):
+    out, summary = processed
+    document = published[workflow]
+    assert document.final
+    written = Composition.model_validate_json((out / f"composition_{workflow}.json").read_text())
+    assert written.model_dump(exclude={"seq"}) == document.model_dump(exclude={"seq"})
+    clusters = summary["workflows"][workflow]["clusters"]
+    assert [c.label for c in written.clusters] == [c["label"] for c in clusters]
+
+
+def test_session_report_is_an_a4_page_with_the_cluster_colours(processed):
+    from PIL import Image
+
+    from edx_live.export.report import CLUSTER_COLOURS
+
+    out, summary = processed
+    image = Image.open(out / "report.png")
+    assert image.size == (1753, 1240)
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    assert rgb.std() > 20 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 1000
+    for wf in summary["workflows"].values():
+        for cluster in wf["clusters"]:
+            target = np.round(np.array(Image.new("RGB", (1, 1), CLUSTER_COLOURS[cluster["label"]]).getpixel((0, 0))))
+            assert (np.abs(rgb - target).max(axis=-1) <= 1).any(), cluster["label"]
+
+
+def _replay(data_dir, frames=3):
+    from edx_adapters.replay import open_replay
+
+    return open_replay(data_dir / "core_shell.hspy", frames=frames)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_over_sweeps_only_on_a_terminal(data_dir, monkeypatch, terminal):
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    replay = _replay(data_dir)
+    with _progress_bar(replay, None) as bar:
+        feeder = _Feeder(replay, MemoryConnection(), on_error=lambda: None, progress=bar)
+        feeder.run()
+        assert feeder.error is None and bar.disable is not terminal
+        assert bar.n == (3 if terminal else 0)  # a disabled bar counts nothing
+    text = stderr.getvalue()
+    if terminal:
+        assert "0/3 [" in text and "3/3 [" in text and "sweep" in text and "core_shell.hspy" in text
+    else:
+        assert text == ""

@@ -23,7 +23,7 @@ class Serve:
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edx_live.cli", "serve", "--input", "tcp://127.0.0.1:*",
-             "--output", "tcp://127.0.0.1:*", "--log-format", "json", *args],
+             "--output", "tcp://127.0.0.1:*", "--log-format", "json", "--no-sessions", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
