@@ -12,7 +12,7 @@ from collections import Counter
 
 import structlog
 
-CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service")
+CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "view")
 
 
 class _StderrLogger:

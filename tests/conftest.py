@@ -42,3 +42,59 @@ def load_file_sum(path: Path):
     if isinstance(s, list):
         s = s[0]
     return np.asarray(s.data)
+
+
+#: The Debian package of the browser the page is tested in (never a browser download).
+CHROMIUM_PACKAGE = "chromium"
+
+
+def _system_chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _install_chromium() -> str:
+    import subprocess
+
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=900)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", CHROMIUM_PACKAGE], check=True,
+                   capture_output=True, env=env, timeout=1800)
+    return _system_chromium()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of the system's chromium: installed with apt when missing and root; else skipped (failed under CI)."""
+    path = _system_chromium()
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        import shutil
+
+        if shutil.which("apt-get"):
+            path = _install_chromium()
+    if path is None:
+        message = (f"the browser test needs Debian's '{CHROMIUM_PACKAGE}' package: "
+                   f"apt-get install {CHROMIUM_PACKAGE} (as root)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture()
+def browser_page(chromium, tmp_path):
+    """A headless chromium page (Playwright driving the system browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1900})
+            yield page
+        finally:
+            browser.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -100,10 +101,14 @@ def test_producer_to_result_subscriber(tmp_path):
     json.dumps([h.model_dump(mode="json") for h, _ in documents])  # documents are JSON-friendly
 
 
-def test_demo_runs_to_the_final_update(capsys):
-    seconds = run_demo(frames=4, interval_s=0.05)
+def test_demo_runs_to_the_final_update(capsys, tmp_path):
+    seconds = run_demo(frames=4, interval_s=0.05, view_port=0, sessions_dir=tmp_path)
     out = capsys.readouterr().out
     assert "replaying core_shell.hspy as 4 frames" in out
+    assert re.search(r"live page at http://127\.0\.0\.1:\d+/", out)
+    assert "until Ctrl-C" not in out  # not a terminal: it does not wait
+    folders = [p for p in tmp_path.iterdir() if (p / "report.png").exists()]
+    assert len(folders) == 1 and f"session folder {folders[0]}" in out
     assert "[pca-gmm] composition" in out and "[umap-hdbscan] composition" in out
-    assert "stopped" in out.splitlines()[-1]
+    assert "stopped" in [line for line in out.splitlines() if line.startswith("[status]")][-1]
     assert seconds > 0

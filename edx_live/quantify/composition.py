@@ -32,7 +32,7 @@ from .cores import BIAS_FRACTION, Cores, bias, cores
 from .cliff_lorimer import Detector, Windows, describe_intensities, weight_fractions, window_intensities
 from .entropy import ANIONS, configurational_entropy, sublattice
 from .kfactors import USER_KFACTORS, require_kfactors
-from .lines import highest_line_kev
+from .lines import highest_line_kev, marked_lines
 from .model import LineModel, ModelKey
 from .samples import ClusterSamples, cluster_samples
 
@@ -496,7 +496,9 @@ class ClusterQuantifier:
             fit = {"elements": list(model.key.elements), "order": o.background_order,
                    "range": "{:.2f}..{:.2f} keV".format(*model.key.fit_range_kev),
                    "resolution_ev": model.resolution_ev, "offset_kev": model.offset_kev,
-                   "calibration_rejected": self.calibration_.get("rejected", [])}
+                   "calibration_rejected": self.calibration_.get("rejected", []),
+                   **marked_lines(lines, [e for e in model.key.elements if e not in elements],
+                                  *model.key.fit_range_kev)}
         else:
             fit = {"background_windows_kev": windows.tolist()}
         if setup.axis is not None:

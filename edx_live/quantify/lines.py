@@ -46,6 +46,27 @@ def line_energy(line: str) -> float:
     return float(_database()[element]["Atomic_properties"]["Xray_lines"][family]["energy (keV)"])
 
 
+def main_lines(element: str, low_kev: float, high_kev: float, min_weight: float = 0.5) -> list[tuple[str, float]]:
+    """(line, energy in keV) of ``element``'s lines of at least ``min_weight`` between the two energies (exspy's database)."""
+    lines = _database()[element]["Atomic_properties"]["Xray_lines"]
+    found = [(f"{element}_{family}", float(lines[family]["energy (keV)"])) for family in lines.keys()
+             if float(lines[family]["weight"]) >= min_weight]
+    return [(name, energy) for name, energy in found if low_kev < energy < high_kev]
+
+
+def marked_lines(xray_lines: Iterable[str], fit_only: Iterable[str], low_kev: float,
+                 high_kev: float) -> dict[str, list]:
+    """The lines a spectrum plot marks: the quantified ones, and the main lines of elements only fitted.
+
+    Returned as entries of a composition's ``fit``: ``marked_lines`` (names) and ``marked_lines_kev``.
+    """
+    marked = [(line, line_energy(line)) for line in xray_lines]
+    for element in fit_only:
+        marked += main_lines(element, low_kev, high_kev)
+    marked.sort(key=lambda item: item[1])
+    return {"marked_lines": [name for name, _ in marked], "marked_lines_kev": [round(e, 4) for _, e in marked]}
+
+
 def highest_line_kev(elements: Iterable[str], below_kev: float, min_weight: float = 0.01) -> float | None:
     """Energy (keV) of the highest line of ``elements`` below ``below_kev``, from exspy's database.
 

@@ -1,8 +1,9 @@
 """``edx-live demo``: the whole live loop over real loopback sockets on the bundled dataset.
 
-Starts the service (PULL in, PUB out, both on free ports), a subscriber that
-prints every update, and a producer that replays ``core_shell.hspy`` as a live
-acquisition; returns once the final refit has been printed.
+Starts the service (PULL in, PUB out, both on free ports), the web viewer on
+loopback, a subscriber that prints every update, and a producer that replays
+``core_shell.hspy`` as a live acquisition. Returns once the final refit has been
+printed, or, in a terminal, keeps the page up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -93,26 +94,82 @@ def _produce(endpoint: str, frames: int, interval_s: float, context: zmq.Context
         push.close(linger=5000)
 
 
-def run_demo(frames: int = 20, interval_s: float = 0.5, out=None, timeout_s: float = 600.0) -> float:
-    """Run the demo; print updates to ``out``; return the wall time in seconds."""
+def _start_viewer(endpoint: str, port: int, out):
+    """The web page on loopback, in a process of its own (None, with a note, when it cannot start)."""
+    try:
+        from edx_live.view.server import ViewerProcess
+    except ImportError as exc:
+        print(f"edx_live demo: no web page ({exc.name} missing: pip install 'edx-live[viewer]')", file=out)
+        return None
+    for candidate in dict.fromkeys((port, 0)):  # the usual port, else any free one
+        try:
+            return ViewerProcess(endpoint, port=candidate).start()
+        except OSError as exc:
+            problem = exc
+    print(f"edx_live demo: no web page ({problem})", file=out)
+    return None
+
+
+def _hold(viewer, out) -> None:
+    print(f"edx_live demo: the final results stay on {viewer.url} until Ctrl-C", file=out, flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("", file=out)
+
+
+def run_demo(frames: int = 20, interval_s: float | None = None, out=None, timeout_s: float = 600.0,
+             view: bool = True, view_port: int = 5006, hold: bool | None = None,
+             sessions_dir: str | Path | None = "sessions") -> float:
+    """Run the demo; print updates to ``out``; return the wall time in seconds.
+
+    Parameters
+    ----------
+    frames : int
+        Sweeps the bundled scan is replayed as.
+    interval_s : float, optional
+        Seconds between sweeps; None = 1 s in a terminal (a pace to watch), else 0.5 s.
+    view : bool
+        Serve the web page on loopback (``view_port``, or any free port when it is taken).
+    hold : bool, optional
+        Keep the page up after the final refit until Ctrl-C; None = when run in a terminal.
+    sessions_dir : str or Path, optional
+        Where the acquisition's session folder (maps, compositions, report.png) is written; None = nowhere.
+    """
     out = out or sys.stdout
+    interactive = sys.stdin.isatty() and getattr(out, "isatty", lambda: False)()
+    hold = interactive if hold is None else hold
+    if interval_s is None:
+        interval_s = 1.0 if interactive else 0.5
     t0 = time.perf_counter()
     settings = demo_settings()
     context = zmq.Context.instance()
     connection = ZmqConnection(settings.input.address, "pull", bind=True, context=context)
     connection.open()
     publisher = ZmqPublisher(settings.output.address, context)
-    service = Service(settings, connection, [publisher], Analyzer(settings))
+    analyzer = Analyzer(settings)
+    sessions = None
+    if sessions_dir is not None:
+        from .sessions import SessionWriter
+
+        sessions = SessionWriter(Path(sessions_dir), settings, lambda: analyzer.latest, source="demo replay")
+    service = Service(settings, connection, [publisher], analyzer, on_finished=sessions)
     server = _Thread(lambda: service.run(stop_after=1), "edx-live-service")
     sub = context.socket(zmq.SUB)
     sub.connect(publisher.endpoint)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     _warm_up(out)
     server.start()
+    viewer = _start_viewer(publisher.endpoint, view_port, out) if view else None
     try:
         _wait_for_status(sub, 30.0)
+        if viewer is not None:
+            print(f"edx_live demo: live page at {viewer.url} (open it in a browser on this PC)", file=out,
+                  flush=True)
         print(f"edx_live demo: service in {connection.endpoint}, results on {publisher.endpoint}; "
-              f"replaying {bundled_dataset().name} as {frames} frames", file=out, flush=True)
+              f"replaying {bundled_dataset().name} as {frames} frames, one every {interval_s:g} s", file=out,
+              flush=True)
         producer = _Thread(lambda: _produce(connection.endpoint, frames, interval_s, context), "edx-live-producer")
         producer.start()
         _print_until_final(sub, server, out, timeout_s)
@@ -120,7 +177,17 @@ def run_demo(frames: int = 20, interval_s: float = 0.5, out=None, timeout_s: flo
         for thread in (producer, server):
             if thread.error is not None:
                 raise thread.error
+        if sessions is not None:
+            server.join(timeout=60)  # the session folder is started once the final refit is collected
+            sessions.join()
+            for folder in sessions.written:
+                print(f"edx_live demo: session folder {folder} (report.png, spectrum_image.hspy, maps, "
+                      "compositions as JSON and CSV)", file=out, flush=True)
+        if viewer is not None and hold:
+            _hold(viewer, out)
     finally:
+        if viewer is not None:
+            viewer.stop()
         service.stop()
         server.join(timeout=30)
         sub.close(linger=0)

@@ -1,0 +1,137 @@
+"""The latest result documents of a running service, read from its PUB socket on a background thread.
+
+The thread drains the socket as fast as documents come and keeps only the newest of each
+topic, so a slow page gets the newest state, never a queue. A document naming another
+acquisition than the one shown starts afresh (a new acquisition, or a restarted service).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+from edx_protocol import ProtocolError, decode_result
+
+from edx_live.logs import get_logger
+
+from .model import count_rate
+
+log = get_logger("view")
+
+#: Kinds of document the page shows (topic prefixes).
+SUBSCRIBED = (b"status", b"clusters/", b"composition/", b"image")
+
+
+@dataclass
+class State:
+    """What the page shows: the newest document of each kind, for one acquisition."""
+
+    acquisition_id: str | None = None
+    status: object = None
+    clusters: dict = field(default_factory=dict)        # workflow -> (header, arrays)
+    composition: dict = field(default_factory=dict)     # workflow -> header
+    image: tuple | None = None                          # (header, arrays)
+    count_rate: float | None = None
+    received: int = 0
+    malformed: int = 0
+    last_message_s: float | None = None                 # monotonic time of the newest document
+    version: int = 0                                    # increases with every change
+
+
+class Feed:
+    """Subscribe to ``endpoint`` and keep the newest documents (:class:`State`).
+
+    Parameters
+    ----------
+    endpoint : str
+        The service's result PUB endpoint, e.g. ``tcp://127.0.0.1:5557``.
+    context : zmq.Context, optional
+    """
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self._context = context or zmq.Context.instance()
+        self._state = State()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rates: deque = deque(maxlen=10)
+
+    def start(self) -> "Feed":
+        self._thread = threading.Thread(target=self._run, name="edx-live-view-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def snapshot(self) -> State:
+        """A shallow copy of the state (documents are immutable once decoded)."""
+        with self._lock:
+            s = self._state
+            return State(s.acquisition_id, s.status, dict(s.clusters), dict(s.composition), s.image,
+                         s.count_rate, s.received, s.malformed, s.last_message_s, s.version)
+
+    def _run(self) -> None:
+        sub = self._context.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 64)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        for topic in SUBSCRIBED:
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self.endpoint)
+        log.info("view_subscribed", endpoint=self.endpoint)
+        try:
+            while not self._stop.is_set():
+                if not sub.poll(100):
+                    continue
+                while True:  # drain: only the newest of each kind matters
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._receive(frames)
+        finally:
+            sub.close(linger=0)
+
+    def _receive(self, frames) -> None:
+        try:
+            header, arrays = decode_result(frames[1:])
+        except (ProtocolError, ValueError, IndexError) as exc:
+            with self._lock:
+                self._state.malformed += 1
+            log.warning("view_malformed_document", topic=bytes(frames[0].bytes[:40]), error=str(exc)[:200])
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._apply(self._state, header, arrays, now)
+
+    def _apply(self, s: State, header, arrays, now: float) -> None:
+        s.received += 1
+        s.last_message_s = now
+        acq = header.acquisition_id
+        if acq is not None and acq != s.acquisition_id:
+            log.info("view_acquisition", acquisition_id=acq, previous=s.acquisition_id)
+            s.acquisition_id, s.clusters, s.composition, s.image, s.count_rate = acq, {}, {}, None, None
+            self._rates.clear()
+        kind = header.kind
+        if kind == "status":
+            s.status = header
+            if acq is not None and acq == s.acquisition_id:
+                self._rates.append((now, header.counts))
+                published = getattr(header, "count_rate", None)
+                s.count_rate = published if published is not None else count_rate(list(self._rates))
+        elif acq is None or acq != s.acquisition_id:
+            return
+        elif kind == "clusters":
+            s.clusters[header.workflow] = (header, arrays)
+        elif kind == "composition":
+            s.composition[header.workflow] = header
+        elif kind == "image":
+            s.image = (header, arrays)
+        s.version += 1
