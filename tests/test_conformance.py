@@ -725,10 +725,12 @@ def _check_session_folder(folder: Path, cube: np.ndarray, timeout_s: float = 180
     while not summary.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert summary.exists(), f"no session folder {folder}: {sorted(p.name for p in folder.parent.iterdir())}"
-    import hyperspy.api as hs
+    import h5py
 
-    s = hs.load(folder / "spectrum_image.hspy")
-    assert np.array_equal(np.asarray(s.data), cube)
+    with h5py.File(folder / "spectrum_image.hspy", "r") as f:  # HyperSpy's format is HDF5: /Experiments/*/data
+        (name,) = list(f["Experiments"])
+        data = f["Experiments"][name]["data"][()]
+    assert np.array_equal(data, cube)
     assert (folder / "report.png").stat().st_size > 10_000
     assert (folder / "composition_pca-gmm.json").exists() and (folder / "labels_umap-hdbscan.hspy").exists()
 

@@ -12,8 +12,8 @@ import time
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (
-    ColumnDataSource, CustomJSHover, DataTable, Div, HoverTool, LabelSet, LinearColorMapper, MultiChoice, RadioButtonGroup,
-    Range1d, Slider, Span, TableColumn, HTMLTemplateFormatter,
+    ColumnDataSource, CustomJSHover, Div, HoverTool, LabelSet, LinearColorMapper, MultiChoice, RadioButtonGroup, Range1d,
+    Slider, Span,
 )
 from bokeh.palettes import Greys256, Viridis256
 from bokeh.plotting import figure
@@ -32,8 +32,6 @@ STALE_S = 5.0
 MAP_PX = 360
 #: Side of the plotting area of a map, in screen pixels (the longer side of the scan).
 FRAME_PX = 280
-SWATCH = HTMLTemplateFormatter(template='<span style="color:<%= colour %>;font-size:16px">&#9632;</span> <%= value %>')
-HTML = HTMLTemplateFormatter(template="<%= value %>")
 #: Inline styles: each Bokeh widget renders in a shadow root of its own, so a shared stylesheet does not reach it.
 BANNER_BAD = "background:#fde2e1;color:#8a1c16;padding:6px 10px;border-radius:4px;font-weight:bold"
 BANNER_OK = "background:#e3f4e1;color:#205a1c;padding:6px 10px;border-radius:4px"
@@ -77,6 +75,21 @@ def _legend_html(workflow: str, rows: dict | None) -> str:
     return head + body + "</table>"
 
 
+def _composition_html(elements: list[str], rows: dict) -> str:
+    """One workflow's composition table (cells carry their sigma parts as hover titles)."""
+    th = "text-align:left;border-bottom:1px solid #ccc;font-weight:normal;padding:2px 14px 2px 0"
+    td = "padding:2px 14px 2px 0;border-bottom:1px solid #eee"
+    titles = ["cluster", "pixels", *elements, "S conf / R", "time to target"]
+    head = "".join(f"<th style='{th}'>{html.escape(name)}</th>" for name in titles)
+    body = []
+    for i, label in enumerate(rows["cluster"]):
+        cells = [f"<span style='color:{rows['colour'][i]};font-size:16px'>&#9632;</span> {label}",
+                 html.escape(rows["pixels"][i]), *(rows[el][i] for el in elements),
+                 html.escape(rows["entropy"][i]), html.escape(rows["target"][i])]
+        body.append("<tr>" + "".join(f"<td style='{td}'>{c}</td>" for c in cells) + "</tr>")
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(body)}</table>"
+
+
 class Page:
     """The widgets of one tab and how a :class:`~edx_live.view.feed.State` fills them."""
 
@@ -85,11 +98,12 @@ class Page:
         self._seen: dict[str, object] = {}
         self._failed: set[str] = set()
         self.pixel = ColumnDataSource({"size": [0.0], "unit": [""]})
-        self.banner = Div(text="", width=3 * MAP_PX + 40)
-        self.progress = Div(text="", width=MAP_PX)
+        # fixed sizes: a Div whose text changes every second does not make the browser lay out the page again
+        self.banner = Div(text="", width=3 * MAP_PX + 40, height=36)
+        self.progress = Div(text="", width=MAP_PX, height=330)
         self.opacity = Slider(title="cluster map opacity over the ADF image", start=0, end=1, step=0.05, value=0.6,
                               width=MAP_PX)
-        self.maps, self.map_sources, self.legends, self.conf_sources, self.tables, self.kfactors = {}, {}, {}, {}, {}, {}
+        self.maps, self.map_sources, self.legends, self.conf_figs, self.tables, self.kfactors = {}, {}, {}, {}, {}, {}
         self.adf_sources = {}
         map_figs, conf_figs, legend_tables = [], [], []
         conf_mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="#ff00ff")
@@ -103,18 +117,16 @@ class Page:
             self.opacity.js_link("value", glyph.glyph, "global_alpha")
             fig.tools[-1].renderers = [glyph]
             self.maps[wf], self.map_sources[wf], self.adf_sources[wf] = fig, src, adf
-            conf = _map_figure(f"{wf}: confidence (magenta: unassigned)", [("confidence", "@image{0.00}")],
+            conf = _map_figure(f"{wf}: confidence (magenta: unassigned)", [("confidence", "@confidence{0.00}")],
                                self.pixel, f"edx-confidence-{wf}")
-            csrc = ColumnDataSource(_empty_float())
-            conf.image("image", source=csrc, x="x", y="y", dw="dw", dh="dh", color_mapper=conf_mapper)
-            self.conf_sources[wf] = (conf, csrc)
+            conf.image("confidence", source=src, x="x", y="y", dw="dw", dh="dh", color_mapper=conf_mapper)
+            self.conf_figs[wf] = conf
             self.legends[wf] = Div(text=_legend_html(wf, None), width=MAP_PX, css_classes=[f"edx-legend-{wf}"])
             legend_tables.append(self.legends[wf])
             map_figs.append(fig)
             conf_figs.append(conf)
             self.kfactors[wf] = Div(text="", width=3 * MAP_PX)
-            self.tables[wf] = DataTable(source=ColumnDataSource({}), width=3 * MAP_PX + 40, height=150,
-                                        index_position=None, columns=[], css_classes=[f"edx-composition-{wf}"])
+            self.tables[wf] = Div(text="", width=3 * MAP_PX + 40, css_classes=[f"edx-composition-{wf}"])
         self.adf_fig = _map_figure("ADF image", [("ADF", "@image{0.0}")], self.pixel, "edx-adf")
         self.adf_source = ColumnDataSource(_empty_float())
         self.adf_fig.image("image", source=self.adf_source, x="x", y="y", dw="dw", dh="dh", palette=Greys256)
@@ -204,7 +216,7 @@ class Page:
         """Show ``rows`` x ``cols`` scan pixels, row 0 on top, square pixels."""
         width, height = (FRAME_PX, max(40, round(FRAME_PX * rows / cols))) if cols >= rows else (
             max(40, round(FRAME_PX * cols / rows)), FRAME_PX)
-        for fig in [*self.maps.values(), *(c for c, _ in self.conf_sources.values()), self.adf_fig]:
+        for fig in [*self.maps.values(), *self.conf_figs.values(), self.adf_fig]:
             if fig.x_range.end != cols or fig.y_range.start != rows:
                 fig.x_range.start, fig.x_range.end = 0, cols
                 fig.y_range.start, fig.y_range.end = rows, 0
@@ -229,44 +241,35 @@ class Page:
     def _fill_workflow(self, s, wf: str) -> None:
         entry = s.clusters.get(wf)
         comp = s.composition.get(wf)
-        key = (s.acquisition_id, None if entry is None else entry[0].seq, None if comp is None else comp.seq)
+        maps = (s.acquisition_id, None if entry is None else entry[0].seq)
+        key = (maps, None if comp is None else comp.seq)
         if self._seen.get(wf) == key:
             return
         self._seen[wf] = key
         if entry is None:
             self.map_sources[wf].data = _empty_image()
-            self.conf_sources[wf][1].data = _empty_float()
             self.legends[wf].text = _legend_html(wf, None)
         else:
             header, arrays = entry
-            labels = np.asarray(arrays["labels"])
-            conf = model.confidence_map(labels, arrays.get("confidence"))
-            rows, cols = labels.shape
-            b = header.bin_factor
-            geometry = {"x": [0], "y": [0], "dw": [cols * b], "dh": [rows * b]}
-            if s.image is None:
-                self._extent(rows * b, cols * b)
-            self.map_sources[wf].data = {"image": [model.label_rgba(labels)], "labels": [labels.astype(np.int32)],
-                                         "confidence": [conf], **geometry}
-            self.conf_sources[wf][1].data = {"image": [conf], **geometry}
+            if self._seen.get(f"{wf} maps") != maps:  # the arrays go to the browser only when the map changed
+                self._seen[f"{wf} maps"] = maps
+                labels = np.asarray(arrays["labels"])
+                rows, cols = labels.shape
+                b = header.bin_factor
+                if s.image is None:
+                    self._extent(rows * b, cols * b)
+                self.map_sources[wf].data = {"image": [model.label_rgba(labels)], "labels": [labels],
+                                             "confidence": [model.confidence_map(labels, arrays.get("confidence"))],
+                                             "x": [0], "y": [0], "dw": [cols * b], "dh": [rows * b]}
             self.legends[wf].text = _legend_html(wf, model.legend(header, comp))
             self.maps[wf].title.text = (f"{wf}: {len(header.clusters)} clusters, refit {header.refit}"
                                         + (" (final)" if header.final else "")
                                         + (", converged" if header.converged else ""))
         if comp is None:
-            self.tables[wf].source.data, self.tables[wf].columns = {}, []
-            self.tables[wf].height = 30
+            self.tables[wf].text = ""
             self.kfactors[wf].text = "<i>no composition yet</i>"
             return
-        elements, data = model.composition_table(comp)
-        columns = [TableColumn(field="cluster", title="cluster", formatter=SWATCH, width=60),
-                   TableColumn(field="pixels", title="pixels", width=90)]
-        columns += [TableColumn(field=el, title=el, formatter=HTML, width=110) for el in elements]
-        columns += [TableColumn(field="entropy", title="S conf / R", width=110),
-                    TableColumn(field="target", title="time to target", width=230)]
-        self.tables[wf].columns = columns
-        self.tables[wf].source.data = data
-        self.tables[wf].height = 30 + 28 * max(1, len(comp.clusters))
+        self.tables[wf].text = _composition_html(*model.composition_table(comp))
         self.kfactors[wf].text = (model.kfactor_note(comp) + f"; refit {comp.refit}" + (" (final)" if comp.final else "")
                                   + f", {comp.intensity_method} intensities, {comp.weighting} weighting")
 
@@ -276,37 +279,21 @@ class Page:
             fig.visible = name == active
 
     def _fill_spectra(self, s, force: bool = False) -> None:
-        key = (s.acquisition_id, tuple((wf, h.seq) for wf, (h, _) in sorted(s.clusters.items())),
-               tuple((wf, c.seq) for wf, c in sorted(s.composition.items())))
-        if not force and self._seen.get("spectra") == key:
-            return
-        self._seen["spectra"] = key
-        names, xs, ys, colours = [], [], [], []
-        options = []
-        top = 0.0
-        for wf, (header, arrays) in sorted(s.clusters.items()):
-            spectra = np.asarray(arrays["spectra"], dtype=np.float64)
-            e = model.energies(header, spectra.shape[1])
-            for info, spectrum in zip(header.clusters, spectra):
-                name = f"{wf} {info.label}"
-                options.append(name)
-                if self.chosen.value and name not in self.chosen.value:
-                    continue
-                per_pixel = spectrum / max(info.pixels, 1)
-                names.append(name)
-                xs.append(e)
-                ys.append(np.where(per_pixel > 0, per_pixel, np.nan))
-                colours.append(model.cluster_colour(info.label))
-                top = max(top, float(e[-1]))
-        if self.chosen.options != options:
-            self.chosen.options = options
-        self.spectra.data = {"xs": xs, "ys": ys, "colour": colours, "name": names}
+        """The cluster spectra when a map changed (or the choice of clusters), the marked lines when they did."""
+        key = (s.acquisition_id, tuple((wf, h.seq) for wf, (h, _) in sorted(s.clusters.items())))
+        if force or self._seen.get("spectra") != key:
+            self._seen["spectra"] = key
+            self._draw_spectra(s)
         lines = {}
-        for wf, comp in s.composition.items():
+        for comp in s.composition.values():
             for line, energy, role in model.marked_lines(comp):
                 lines[line] = (energy, role)
         items = sorted(lines.items(), key=lambda kv: kv[1][0])
-        self.lines.data = {"x": [e for _, (e, _) in items], "name": [n if r == "quantified" else f"{n} (fit only)" for n, (_, r) in items],
+        if self._seen.get("lines") == items:
+            return
+        self._seen["lines"] = items
+        self.lines.data = {"x": [e for _, (e, _) in items],
+                           "name": [n if r == "quantified" else f"{n} (fit only)" for n, (_, r) in items],
                            "role": [r for _, (_, r) in items],
                            "colour": ["#222222" if r == "quantified" else "#999999" for _, (_, r) in items]}
         for fig in self.spectrum_figs.values():
@@ -316,5 +303,28 @@ class Page:
                 fig.add_layout(Span(location=energy, dimension="height", line_dash="dashed" if role != "quantified"
                                     else "solid", line_color="#444444" if role == "quantified" else "#aaaaaa",
                                     line_width=1))
-            if top:
-                fig.x_range.start, fig.x_range.end = 0, min(top, 20.0)
+
+    def _draw_spectra(self, s) -> None:
+        names, xs, ys, colours, options = [], [], [], [], []
+        top = 0.0
+        for wf, (header, arrays) in sorted(s.clusters.items()):
+            spectra = np.asarray(arrays["spectra"], dtype=np.float32)
+            e = model.energies(header, spectra.shape[1]).astype(np.float32)
+            for info, spectrum in zip(header.clusters, spectra):
+                name = f"{wf} {info.label}"
+                options.append(name)
+                if self.chosen.value and name not in self.chosen.value:
+                    continue
+                per_pixel = spectrum / max(info.pixels, 1)
+                names.append(name)
+                xs.append(e)
+                ys.append(np.where(per_pixel > 0, per_pixel, np.nan).astype(np.float32))
+                colours.append(model.cluster_colour(info.label))
+                top = max(top, float(e[-1]))
+        if self.chosen.options != options:
+            self.chosen.options = options
+        self.spectra.data = {"xs": xs, "ys": ys, "colour": colours, "name": names}
+        end = min(top, 20.0)
+        for fig in self.spectrum_figs.values():
+            if top and fig.x_range.end != end:
+                fig.x_range.start, fig.x_range.end = 0, end
