@@ -5,8 +5,10 @@ The package is laid out by concern:
 - ``core``: pure ingest state and the accumulated spectrum image (no sockets);
 - ``segment``: the two clustering workflows as scikit-learn-style estimators;
 - ``quantify``: cluster spectra to compositions with exspy;
-- ``shell``: ZeroMQ transports, background refits, publishers (the only I/O);
-- ``export``: results written for HyperSpy.
+- ``shell``: ZeroMQ transports, background refits, publishers, session folders (the only I/O);
+- ``export``: the session folder: HyperSpy signals, compositions as JSON/CSV, the report;
+- ``view``: the web viewer (needs only the protocol and Bokeh);
+- ``colours``: the colour of a cluster id, shared by the viewer and the report.
 """
 
 __version__ = "0.1.0"

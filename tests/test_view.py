@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,27 @@ def pub():
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     yield sock, f"tcp://127.0.0.1:{port}"
     sock.close(linger=0)
+
+
+@contextmanager
+def _publishing(sock, docs, period_s: float = 0.2):
+    """A service that keeps publishing ``docs``, as the real one does (a status every interval), until the block ends."""
+    alive = threading.Event()
+    alive.set()
+
+    def service():
+        while alive.is_set():
+            for d in docs:
+                _send(sock, *d)
+            time.sleep(period_s)
+
+    thread = threading.Thread(target=service, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        alive.clear()
+        thread.join()
 
 
 def _publish_until(sock, docs, predicate, timeout_s: float = 20.0):
@@ -174,8 +197,6 @@ def viewer(pub):
 
 
 def test_page_shows_documents_and_says_when_no_service(viewer, browser_page, monkeypatch):
-    import threading
-
     from edx_live.view import page as page_module
 
     monkeypatch.setattr(page_module, "STALE_S", 2.0)
@@ -190,27 +211,13 @@ def test_page_shows_documents_and_says_when_no_service(viewer, browser_page, mon
         requested
     docs = [_retitled(ex["status"], "acq-a"), _retitled(ex["clusters"], "acq-a"),
             _retitled(ex["composition"], "acq-a")]
-    alive = threading.Event()
-    alive.set()
-
-    def service():  # a service that keeps publishing, as the real one does (status every interval)
-        while alive.is_set():
-            for d in docs:
-                _send(sock, *d)
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=service, daemon=True)
-    thread.start()
-    try:
+    with _publishing(sock, docs):
         browser_page.wait_for_selector("text=Service at", timeout=20000)
         browser_page.wait_for_selector("text=Fe52 Pt48", timeout=20000)   # legend label from the composition
         browser_page.wait_for_selector("text=n.d. (< 3.50)", timeout=20000)  # below detection, with its limit
         assert browser_page.locator("text=No service reachable").count() == 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser_page.screenshot(path=str(ARTIFACTS / "documents.png"), full_page=True)
-    finally:
-        alive.clear()
-        thread.join()
     # nothing more comes: the page says so plainly
     browser_page.wait_for_selector("text=No service reachable", timeout=20000)
 
@@ -238,7 +245,6 @@ def _service(overrides: dict):
 
 def _produce(endpoint: str, path: Path, frames: int, acquisition_id: str, pause_after: int | None = None,
              resume=None):
-    import threading
 
     from edx_adapters.producer import make_socket, send_replay
     from edx_adapters.replay import open_replay
@@ -272,8 +278,6 @@ def _png(path: Path) -> np.ndarray:
 def test_live_page_through_the_real_service(data_dir, browser_page):
     """A real acquisition replayed through the service: both maps, the ADF image, spectra and compositions
     fill in, a later refit changes the page, and a new acquisition replaces the old one."""
-    import threading
-
     from edx_live.view.server import ViewerProcess
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -396,28 +400,12 @@ def test_view_command_serves_the_page_and_refuses_a_taken_port():
 
 def test_two_tabs_on_one_viewer(viewer, browser_page):
     """Every tab gets a page of its own (no Bokeh model is shared between documents): both show the tables."""
-    import threading
 
     sock, v = viewer
     ex = _examples()
     docs = [_retitled(ex["status"], "acq-a"), _retitled(ex["clusters"], "acq-a"),
             _retitled(ex["composition"], "acq-a")]
-    alive = threading.Event()
-    alive.set()
-
-    def service():
-        while alive.is_set():
-            for d in docs:
-                _send(sock, *d)
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=service, daemon=True)
-    thread.start()
-    try:
-        pages = [browser_page, browser_page.context.browser.new_page()]
-        for tab in pages:
+    with _publishing(sock, docs):
+        for tab in (browser_page, browser_page.context.browser.new_page()):
             assert tab.goto(v.url).status == 200
             tab.wait_for_selector("text=n.d. (< 3.50)", timeout=20000)  # the composition table
-    finally:
-        alive.clear()
-        thread.join()
