@@ -21,6 +21,7 @@ from edx_protocol import encode
 from edx_protocol.examples import result_examples
 
 from edx_live.colours import CLUSTER_COLOURS
+from edx_live.core.rate import CountRate
 from edx_live.view import model
 from edx_live.view.feed import Feed
 
@@ -142,8 +143,11 @@ def test_noise_has_no_confidence_and_count_rate_is_a_slope():
     labels = np.array([[0, model.NOISE_LABEL]])
     conf = model.confidence_map(labels, np.array([[0.7, 0.9]], np.float32))
     assert conf[0, 0] == np.float32(0.7) and np.isnan(conf[0, 1])
-    assert model.count_rate([(0.0, 100), (2.0, 500)]) == 200.0
-    assert model.count_rate([(0.0, 100)]) is None
+    rate = CountRate()
+    rate.note(0.0, 100)
+    assert rate.value is None
+    rate.note(2.0, 500)
+    assert rate.value == 200.0
 
 
 # ---------------------------------------------------------------------------------------------- feed

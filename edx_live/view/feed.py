@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import zmq
 from edx_protocol import ProtocolError, decode_result
 
+from edx_live.core.rate import CountRate
 from edx_live.logs import get_logger
 
-from .model import count_rate
 
 log = get_logger("view")
 
@@ -58,7 +58,7 @@ class Feed:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._rates: deque = deque(maxlen=10)
+        self._rate = CountRate(deque(maxlen=10))  # for a service whose status has no count_rate
 
     def start(self) -> "Feed":
         self._thread = threading.Thread(target=self._run, name="edx-live-view-feed", daemon=True)
@@ -118,14 +118,14 @@ class Feed:
         if acq is not None and acq != s.acquisition_id:
             log.info("view_acquisition", acquisition_id=acq, previous=s.acquisition_id)
             s.acquisition_id, s.clusters, s.composition, s.image, s.count_rate = acq, {}, {}, None, None
-            self._rates.clear()
+            self._rate = CountRate(deque(maxlen=10))
         kind = header.kind
         if kind == "status":
             s.status = header
             if acq is not None and acq == s.acquisition_id:
-                self._rates.append((now, header.counts))
+                self._rate.note(now, header.counts)
                 published = getattr(header, "count_rate", None)
-                s.count_rate = published if published is not None else count_rate(list(self._rates))
+                s.count_rate = published if published is not None else self._rate.value
         elif acq is None or acq != s.acquisition_id:
             return
         elif kind == "clusters":

@@ -7,7 +7,7 @@ and returns plain numbers, strings and arrays, so it is tested without a browser
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -157,11 +157,3 @@ def progress_rows(status, clusters: Mapping[str, object], count_rate: float | No
         rows.append((f"{workflow}", ("converged" if header.converged else "not converged")
                      + f" (refit {header.refit}{agreement}; criterion: {header.convergence_criterion or '-'})"))
     return rows
-
-
-def count_rate(history: Sequence[tuple[float, int]]) -> float | None:
-    """Counts per second over (monotonic time, counts) samples of one acquisition; None with fewer than two."""
-    if len(history) < 2 or history[-1][0] <= history[0][0]:
-        return None
-    (t0, c0), (t1, c1) = history[0], history[-1]
-    return max(0.0, (c1 - c0) / (t1 - t0))
