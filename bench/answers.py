@@ -4,7 +4,7 @@ python bench/answers.py [--quick] [--seeds 0 1 2 3] [--sizes 128] [--frames 8] [
                         [--layouts sulfide default] [--dose 200]
 
 Each acquisition (seed x layout x size x dose) is replayed sweep by sweep through the real
-``edx_live.analysis.Analyzer`` with a refit after every ``--refit-every`` sweeps and a final
+``edx_live.pipeline.refit.Analyzer`` with a refit after every ``--refit-every`` sweeps and a final
 refit after the last one (the live path: the Analyzer keeps its state between refits). The
 user k-factors are the phantom's (all 1), the elements and lines the start message's. For the
 final refit of each workflow:
@@ -249,7 +249,7 @@ def replay(phantom, dose: float, frames: int, refit_every: int, seed: int, setti
     """
     from edx_protocol import Start
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.core.snapshot import Snapshot
 
     analyzer = Analyzer(settings)

@@ -160,17 +160,17 @@ def through_service(folder: str, payload: str, rows: int, sweeps: int,
     """
     from edx_live.config import load_settings
     from edx_live.core import kernels
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App, on_free_ports
 
     kernels.warm_up()
-    settings = load_settings(overrides={"refit": {"interval_s": 1e9}, "output": {"status_interval_s": 3600}})
-    connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, high_water_mark=100_000)
-    connection.open()
+    settings = load_settings(overrides={"refit": {"interval_s": 1e9}, "output": {"status_interval_s": 3600},
+                                        "input": {"high_water_mark": 100_000}})
     clock = _StopClock()
-    service = Service(settings, connection, [clock], analyze=lambda snapshot: [])
+    app = App(on_free_ports(settings), publish=False, control=False, subscribers=[clock],
+              analyze=lambda snapshot, record: [])
+    service = app.service
     worker = threading.Thread(target=service.run, kwargs={"stop_after": 1, "poll_s": 0.01})
-    producer = subprocess.Popen([sys.executable, __file__, "--produce", connection.endpoint, folder, payload,
+    producer = subprocess.Popen([sys.executable, __file__, "--produce", app.input_endpoint, folder, payload,
                                  str(rows), str(sweeps)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         t_start = time.perf_counter()
@@ -191,6 +191,7 @@ def through_service(folder: str, payload: str, rows: int, sweeps: int,
         producer.wait(timeout=60)
     finally:
         producer.kill()
+        app.close()
     w1, c1, t1 = clock.mark
     if sum(service.ingest.rejected.values()):
         raise RuntimeError(f"messages rejected: {dict(service.ingest.rejected)}")

@@ -116,26 +116,18 @@ def run_size(size: int, rate: float, seconds: float, counts: float) -> dict:
     """One live acquisition through the real service; latencies and memory."""
     import zmq
 
-    from edx_live.analysis import Analyzer
     from edx_live.config import load_settings
-    from edx_live.shell.publish import ZmqPublisher
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App, on_free_ports
 
-    settings = load_settings(overrides={"input": {"address": "tcp://127.0.0.1:*"},
-                                        "output": {"address": "tcp://127.0.0.1:*"}})
     context = zmq.Context.instance()
-    connection = ZmqConnection(settings.input.address, "pull", bind=True, context=context)
-    connection.open()
-    publisher = ZmqPublisher(settings.output.address, context)
-    analyzer = Analyzer(settings)
-    service = Service(settings, connection, [publisher], analyzer)
+    app = App(on_free_ports(load_settings()))
+    service, settings = app.service, app.settings
     received, stop = [], threading.Event()
-    listener = _subscribe(publisher.endpoint, received, stop, context)
+    listener = _subscribe(app.output_endpoint, received, stop, context)
     worker = threading.Thread(target=service.run, kwargs={"stop_after": 1}, daemon=True)
     with tempfile.TemporaryDirectory() as folder:
         out = str(Path(folder) / "sent.npz")
-        producer = subprocess.Popen([sys.executable, __file__, "--produce", connection.endpoint, str(size),
+        producer = subprocess.Popen([sys.executable, __file__, "--produce", app.input_endpoint, str(size),
                                      str(rate), str(seconds), str(counts), out],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
@@ -155,7 +147,7 @@ def run_size(size: int, rate: float, seconds: float, counts: float) -> dict:
             producer.kill()
             stop.set()
             listener.join()
-            publisher.close()
+            app.close()
     if worker.is_alive():
         raise RuntimeError("the service did not finish the acquisition")
     acq = service.ingest.current

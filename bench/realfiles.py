@@ -175,20 +175,17 @@ def run_live(case: Case, path: Path, args, context) -> LiveRun:
     from edx_adapters.replay import open_replay, xray_count
     from edx_protocol import encode
 
-    from edx_live.analysis import Analyzer
     from edx_live.shell.publish import Collector
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App, on_free_ports
 
     dense = path.suffix.lower() in (".hspy", ".bcf")
     replay = open_replay(path, frames=args.sweeps if dense else None)
     every = refit_every(args, replay.frames)
     settings = settings_for(case, first_sweeps_counts(replay, every) + 1, every, args)
     run = LiveRun(case.name, replay.frames, every)
-    connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=context)
-    connection.open()
     collector = Collector()
-    service = Service(settings, connection, [collector], Analyzer(settings))
+    app = App(on_free_ports(settings), publish=False, control=False, subscribers=[collector])
+    service = app.service
     stop = threading.Event()
     failures: dict[str, BaseException] = {}
 
@@ -208,7 +205,7 @@ def run_live(case: Case, path: Path, args, context) -> LiveRun:
 
     def produce():
         push = context.socket(zmq.PUSH)
-        push.connect(connection.endpoint)
+        push.connect(app.input_endpoint)
         try:
             push.send_multipart(encode(replay.start), copy=False)
             sweep, awaited = None, None
@@ -240,11 +237,12 @@ def run_live(case: Case, path: Path, args, context) -> LiveRun:
         stop.set()
         service.stop()
         server.join(30)
+    app.close()
     run.seconds = time.perf_counter() - t0
     for name, exc in failures.items():
         run.errors.append(f"{name} raised {type(exc).__name__}: {exc}")
     run.documents = list(collector.documents)
-    run.refit_errors = getattr(service.analyze, "errors", 0) + getattr(service, "refit_failures", 0)
+    run.refit_errors = getattr(service.analyze, "errors", 0) + service.state.refit_failures
     statuses = [h for h, _ in run.documents if h.kind == "status"]
     run.counts = max((h.counts for h in statuses), default=0)
     return run

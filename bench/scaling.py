@@ -64,7 +64,7 @@ def run(size: int, channels: int, dose: float, with_as_written: bool) -> list[di
     from edx_adapters.synthetic import make_phantom
     from edx_protocol import Start
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.config import load_settings
     from edx_live.core.snapshot import Snapshot
 

@@ -176,7 +176,7 @@ def convergence(size: int, dose: float, frames: int, settings) -> None:
     from edx_adapters.synthetic import make_phantom
     from edx_protocol import Start
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.core.snapshot import Snapshot
 
     phantom = make_phantom((size, size))
@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.config import load_settings
     from edx_live.logs import configure
     from edx_live.segment import warm_up

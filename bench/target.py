@@ -31,7 +31,7 @@ def run(layout: str, seed: int, frames: int, at: float, target: float, dose: flo
     from edx_adapters.synthetic import make_phantom
     from edx_protocol import Start
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.core.snapshot import Snapshot
 
     phantom = make_phantom((128, 128), seed=seed, **layouts()[layout].kwargs)

@@ -340,34 +340,26 @@ def live_service(path: Path, sweeps: int):
     Yields (service, documents counter, producer, result endpoint) once the first sweep is in and
     the rest is flowing; on exit the producer stops and the service ends with no refit left running.
     """
-    from edx_live.analysis import Analyzer
     from edx_live.config import load_settings
     from edx_live.core.kernels import warm_up as warm_up_kernels
     from edx_live.segment import warm_up
-    from edx_live.shell.publish import ZmqPublisher
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App, on_free_ports
 
-    settings = load_settings(overrides={"input": {"address": "tcp://127.0.0.1:*"},
-                                        "output": {"address": "tcp://127.0.0.1:*"}})
     warm_up_kernels()
-    inp = settings.input
-    connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark,
-                               max_message_bytes=inp.max_message_bytes)
-    connection.open()
-    publisher, documents = ZmqPublisher(settings.output.address), _Documents()
-    service = Service(settings, connection, [publisher, documents], Analyzer(settings), warm_up=warm_up)
+    documents = _Documents()
+    app = App(on_free_ports(load_settings()), subscribers=[documents], warm_up=warm_up)
+    service = app.service
     worker = threading.Thread(target=service.run, name="edx-live-service", daemon=True)
     producer = subprocess.Popen([sys.executable, __file__, "--produce", str(path), str(sweeps)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         first = int(_expect(producer, "ready")[1])
         worker.start()
-        _tell(producer, f"run {connection.endpoint}")
+        _tell(producer, f"run {app.input_endpoint}")
         _expect(producer, "first sweep sent")
         wait_for(lambda: service.ingest.current is not None and service.ingest.current.messages >= first)
         _tell(producer, "go")
-        yield service, documents, producer, publisher.endpoint
+        yield service, documents, producer, app.output_endpoint
         _tell(producer, "stop")
         _expect(producer, "stopped")
         _tell(producer, "end")
@@ -380,7 +372,7 @@ def live_service(path: Path, sweeps: int):
         for thread in threading.enumerate():  # a refit the service left behind would publish on a closed socket
             if thread.name.startswith("edx-live-refit"):
                 thread.join()
-        publisher.close()
+        app.close()
     if sum(service.ingest.rejected.values()):
         raise RuntimeError(f"messages rejected: {dict(service.ingest.rejected)}")
 

@@ -1,4 +1,5 @@
-"""``edx-live``: serve, process a file offline, view a running service, or run the demo.
+"""``edx-live``: serve, process a file or a recording offline, view or control a running service, replay a
+recording, or run the demo.
 
 Every analysis option can also come from the configuration file (``--config``)
 or the environment (``EDX_LIVE_*``); the command line wins.
@@ -7,12 +8,16 @@ or the environment (``EDX_LIVE_*``); the command line wins.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 import warnings
 
-from edx_live.logs import configure, get_logger
+from edx_protocol.control import COMMANDS as CTL_COMMANDS
+
+from edx_live.logs import configure
+from edx_live.shell.sockets import DEFAULT_CONTROL, DEFAULT_INPUT
 
 
 def _kv(text: str) -> str:
@@ -50,6 +55,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     tree = {
         "input": {"address": get("input"), "socket": get("input_socket"), "bind": get("bind")},
         "output": {"address": get("output"), "sessions_dir": get("sessions")},
+        "control": {"address": get("control")},
+        "record": {"dir": get("record")},
         "accumulate": {"spatial_bin": get("spatial_bin"), "energy_min_kev": get("energy_min"),
                        "energy_max_kev": get("energy_max"), "energy_rebin": get("energy_rebin")},
         "refit": {"interval_s": get("refit_interval"), "every_frames": get("refit_every_frames"),
@@ -67,7 +74,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edx-live", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edx-live", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="receive frames over ZeroMQ and publish results")
     serve.add_argument("--input", help="input endpoint (tcp://127.0.0.1:5556)")
@@ -81,9 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--sessions", metavar="DIR", help="write a session folder per acquisition under DIR "
                        "(default ./sessions)")
     serve.add_argument("--no-sessions", action="store_true", help="write no session folders")
+    serve.add_argument("--record", metavar="DIR", help="record every message received under DIR, a file per "
+                       "acquisition ([record] dir)")
+    serve.add_argument("--control", metavar="ADDR", help="control REP endpoint (tcp://127.0.0.1:5558)")
     _analysis_options(serve)
     proc = sub.add_parser("process", help="run the pipeline over a file and write results")
-    proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image")
+    proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image, or an .edxrec recording "
+                      "(analysed exactly as the live service did)")
     proc.add_argument("--out", required=True, help="output folder")
     proc.add_argument("--frames", type=int, help="sweeps to replay (dense files are split by thinning)")
     proc.add_argument("--chunk-pixels", type=int, help="pixels per message")
@@ -98,6 +109,20 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
                       help="another name a browser reaches the page by (repeatable)")
     view.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
+    ctl = sub.add_parser("ctl", help="send a command to a running service (exit 0 only on success)")
+    ctl.add_argument("ctl_command", metavar="COMMAND", choices=list(CTL_COMMANDS),
+                     help=", ".join(CTL_COMMANDS))
+    ctl.add_argument("values", nargs="*", metavar="NAME=VALUE",
+                     help="set: refit.interval_s=2 ...; export: folder=DIR acquisition_id=ID")
+    ctl.add_argument("--connect", default=DEFAULT_CONTROL, metavar="ADDR",
+                     help=f"the service's control endpoint (default {DEFAULT_CONTROL})")
+    ctl.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the reply (5)")
+    rep = sub.add_parser("replay", help="send a recording again, byte for byte, to a service")
+    rep.add_argument("recording", help=".edxrec file written by serve --record")
+    rep.add_argument("--to", default=DEFAULT_INPUT, metavar="ADDR",
+                     help=f"the service's input endpoint, PUSH connects (default {DEFAULT_INPUT})")
+    rep.add_argument("--speed", type=float, default=1.0,
+                     help="1 = the original pace, 10 = ten times faster, 0 = as fast as possible")
     demo = sub.add_parser("demo", help="live loop over loopback sockets on the bundled FePt dataset")
     demo.add_argument("--frames", type=int, default=20)
     demo.add_argument("--interval", type=float, help="seconds between sweeps (1 in a terminal, else 0.5)")
@@ -106,65 +131,77 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ctl(args) -> int:
+    from edx_live.shell.ctl import call, parse_values
+
+    try:
+        fields = parse_values(args.ctl_command, args.values)
+        reply = call(args.connect, args.ctl_command, timeout_s=args.timeout, **fields)
+    except (ValueError, TimeoutError, OSError) as exc:
+        print(f"edx-live ctl: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(reply.result if reply.ok else {"error": reply.error}, indent=2))
+    return 0 if reply.ok else 1
+
+
+def _replay(args) -> int:
+    import zmq
+    from edx_adapters.recording import send_recording
+    from edx_protocol.container import RecordingError
+
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, -1)
+    sock.connect(args.to)
+    try:
+        sent = send_recording(args.recording, sock, speed=args.speed)
+    except (OSError, RecordingError) as exc:
+        print(f"edx-live replay: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sock.close()
+    print(f"sent {sent} messages of {args.recording} to {args.to}")
+    return 0
+
+
 class StartupError(Exception):
     """A problem found before any work starts: the message says what to fix."""
 
 
 def _serve(settings, args) -> int:
-    from edx_live.analysis import Analyzer
     from edx_live.core.kernels import warm_up as warm_up_kernels
     from edx_live.segment import warm_up
-    from edx_live.shell.publish import ZmqPublisher
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App
 
-    log = get_logger("service")
-    inp = settings.input
-    connection = ZmqConnection(inp.address, inp.socket, inp.binds, inp.high_water_mark,
-                               max_message_bytes=inp.max_message_bytes)
     try:
-        connection.open()
-        publisher = ZmqPublisher(settings.output.address)
+        app = App(settings, sessions=not args.no_sessions, warm_up=warm_up)
     except OSError as exc:
-        connection.close()
         raise StartupError(str(exc)) from None
-    analyzer, sessions = Analyzer(settings), None
-    if settings.output.sessions_dir is not None and not args.no_sessions:
-        from edx_live.shell.sessions import SessionWriter
-
-        try:
-            sessions = SessionWriter(settings.output.sessions_dir, settings, lambda: analyzer.latest,
-                                     source=connection.endpoint)
-        except OSError as exc:
-            connection.close()
-            publisher.close()
-            raise StartupError(str(exc)) from None
-    warm_up_kernels()
-    service = Service(settings, connection, [publisher], analyzer, warm_up=warm_up, on_finished=sessions)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: service.stop())
-    log.info("serving", input=connection.endpoint, input_socket=inp.socket, output=publisher.endpoint,
-             sessions=str(sessions.root) if sessions else None)
-    service.run(stop_after=args.acquisitions)
-    if sessions is not None:
-        sessions.join()
-    publisher.close()
+    with app:
+        warm_up_kernels()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: app.stop())
+        app.run(stop_after=args.acquisitions)
     return 0
 
 
 def _process(settings, args) -> int:
     from edx_adapters.replay import open_replay
 
-    from edx_live.shell.offline import process_replay
+    from edx_protocol.container import SUFFIX as RECORDING_SUFFIX
+
+    from edx_live.shell.offline import process_recording, process_replay
     from edx_live.shell.publish import ConsolePrinter
 
     try:
-        replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels)
-    except (FileNotFoundError, ValueError) as exc:
+        if str(args.file).endswith(RECORDING_SUFFIX):
+            summary = process_recording(args.file, args.out, settings, subscribers=[ConsolePrinter()])
+        else:
+            replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels)
+            summary = process_replay(replay, args.out, settings, refit_every=args.refit_every_frames,
+                                     subscribers=[ConsolePrinter()])
+    except (FileNotFoundError, ValueError) as exc:  # RecordingError is a ValueError
         raise StartupError(str(exc)) from None
-    summary = process_replay(replay, args.out, settings, refit_every=args.refit_every_frames,
-                             subscribers=[ConsolePrinter()])
     report = " (report.png)" if "report.png" in summary["files"] else " (no report: see the log)"
     print(f"wrote the session folder {args.out}: summary.json and {len(summary['files'])} files{report} "
           f"in {summary['timings']['total_s']:.1f} s")
@@ -209,6 +246,10 @@ def main(argv=None) -> int:
         return _demo(args)
     if args.command == "view":
         return _view(args)
+    if args.command == "ctl":
+        return _ctl(args)
+    if args.command == "replay":
+        return _replay(args)
     from edx_live.config import ConfigError, load_settings
 
     try:

@@ -11,12 +11,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from edx_protocol import TARGET_REASONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edx_live.core.ingest import IngestOptions
 from edx_live.quantify.entropy import ANIONS
 from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
+from edx_live.suggest import AdviceOptions, TargetOptions
+from edx_live.suggest.targets import DEFAULT_WEIGHTS
+from edx_live.shell.sockets import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
 class ConfigError(ValueError):
@@ -30,7 +34,7 @@ class _Section(BaseModel):
 class InputSettings(_Section):
     """Where frames come from."""
 
-    address: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ endpoint; port * = any free port.")
+    address: str = Field(DEFAULT_INPUT, description="ZeroMQ endpoint; port * = any free port.")
     socket: Literal["pull", "sub"] = Field("pull", description="PULL (no loss, producer PUSHes) or SUB.")
     bind: bool | None = Field(None, description="Bind instead of connect; default: PULL binds, SUB connects.")
     high_water_mark: int = Field(100, ge=1, description=(
@@ -50,11 +54,30 @@ class InputSettings(_Section):
 class OutputSettings(_Section):
     """Where results go."""
 
-    address: str = Field("tcp://127.0.0.1:5557", description="PUB endpoint the service binds.")
+    address: str = Field(DEFAULT_OUTPUT, description="PUB endpoint the service binds.")
     status_interval_s: float = Field(1.0, gt=0, description="Seconds between status documents.")
     sessions_dir: Path | None = Field(
         Path("sessions"), description="A session folder per finished acquisition is written under it "
                                        "(spectrum image, maps, compositions, report.png); None = none.")
+
+
+class ControlSettings(_Section):
+    """The REP socket commands are answered on (``edx-live ctl``, protocol/SPEC.md section 10)."""
+
+    address: str | None = Field(DEFAULT_CONTROL, description="REP endpoint the service binds; None = no control.")
+
+
+class RecordSettings(_Section):
+    """Recordings of every message received (protocol/SPEC.md section 11), one file per acquisition."""
+
+    dir: Path | None = Field(None, description="Folder of the recordings; None = nothing is recorded.")
+    max_bytes_per_acquisition: int | None = Field(
+        64 * 2**30, ge=2**20, description="An acquisition's recording stops at this size (logged); None = no limit.")
+    max_total_bytes: int | None = Field(
+        512 * 2**30, ge=2**20, description="Recording stops while the folder's recordings reach this size; "
+                                           "None = no limit.")
+    fsync: bool = Field(False, description="Also fsync every message (survives a power cut, not only a crash; "
+                                           "slower).")
 
 
 class AccumulateSettings(_Section):
@@ -196,6 +219,60 @@ class TrackingSettings(_Section):
     patience: int = Field(2, ge=1, description="Consecutive refits within both thresholds before converged.")
 
 
+class TargetSettings(_Section):
+    """Follow-up targets published after each refit (README: Follow-up targets and stop advice)."""
+
+    enabled: bool = Field(True, description="Publish a targets document after each refit.")
+    max_targets: int = Field(8, ge=0, le=64, description="Targets published at most.")
+    rare_fraction: float = Field(0.05, gt=0, lt=1, description="A cluster covering less of the sample is rare.")
+    small_fraction: float = Field(0.02, gt=0, lt=1, description="A connected region covering at most this share "
+                                                                  "of the sample is small.")
+    min_region_px: int = Field(2, ge=1, le=1000, description="Binned pixels a region needs; fewer is speckle.")
+    confidence_threshold: float = Field(0.5, ge=0, le=1, description="Pixels less confident are low-confidence.")
+    outlier_threshold: float = Field(0.8, ge=0, le=1, description="Pixels with a GLOSH score at least this are "
+                                                                   "outliers.")
+    empty_fraction: float = Field(0.1, ge=0, lt=1, description=(
+        "A cluster with fewer counts per pixel than this share of the median is empty space (vacuum, resin): "
+        "never a target."))
+    boundary_length_px: int = Field(6, ge=1, le=1000, description="Binned pixels on each side at which a boundary "
+                                                                   "stretch counts fully.")
+    max_box_fraction: float = Field(0.25, gt=0, le=1, description="A box spans at most this share of a scan side.")
+    boundary_box_fraction: float = Field(0.125, gt=0, le=1, description="The same cap for boundary windows.")
+    min_box_px: int = Field(8, ge=1, le=65535, description="Smallest box side, in scan pixels.")
+    margin_px: int = Field(2, ge=0, le=1000, description="Scan pixels added around each region.")
+    merge_overlap: float = Field(0.5, gt=0, le=1, description="Candidates merge when their intersection covers "
+                                                               "this share of the smaller box.")
+    weights: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS), description="Weight of each reason in the score (0: off).")
+
+    @field_validator("weights")
+    @classmethod
+    def _known_reasons(cls, value: dict) -> dict:
+        unknown = set(value) - set(TARGET_REASONS)
+        if unknown:
+            raise ValueError(f"unknown reasons {sorted(unknown)}; known: {', '.join(TARGET_REASONS)}")
+        return {**DEFAULT_WEIGHTS, **value}
+
+    def options(self) -> TargetOptions:
+        return TargetOptions(**self.model_dump(exclude={"enabled"}))
+
+
+class AdviceSettings(_Section):
+    """When the service says the acquisition can stop (README: Follow-up targets and stop advice)."""
+
+    enabled: bool = Field(True, description="Publish an advice document after each refit.")
+    budget_s: float | None = Field(None, gt=0, description=(
+        "Acquisition time allowed, in s: stop when spent, or when the maps converged and the predicted time to "
+        "every target sigma would overrun it; None = no budget."))
+    require_sigma: bool = Field(True, description="Also wait for every composition to reach "
+                                                  "quantify.target_sigma_at (false: convergence alone).")
+    empty_fraction: float = Field(0.1, ge=0, lt=1, description="As in [targets]: empty space does not hold the "
+                                                                "stop back.")
+
+    def options(self) -> AdviceOptions:
+        return AdviceOptions(**self.model_dump(exclude={"enabled"}))
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see each section."""
 
@@ -209,6 +286,10 @@ class Settings(BaseSettings):
     umap_hdbscan: UmapHdbscanSettings = Field(default_factory=UmapHdbscanSettings)
     quantify: QuantifySettings = Field(default_factory=QuantifySettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    targets: TargetSettings = Field(default_factory=TargetSettings)
+    advice: AdviceSettings = Field(default_factory=AdviceSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    record: RecordSettings = Field(default_factory=RecordSettings)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -220,6 +301,34 @@ def ingest_options(settings: Settings) -> IngestOptions:
                          energy_rebin=a.energy_rebin, max_cube_bytes=a.max_cube_bytes,
                          max_open_acquisitions=a.max_open_acquisitions, max_seq_gap=i.max_seq_gap,
                          max_message_bytes=i.max_message_bytes)
+
+
+#: Settings a running service takes by ``set`` (``edx-live ctl set``); the rest need a restart.
+LIVE_SECTIONS = ("refit", "pca_gmm", "umap_hdbscan", "quantify", "tracking", "targets", "advice")
+LIVE_KEYS = ("output.status_interval_s", "accumulate.spatial_bin", "log_level")
+
+
+def changed_settings(settings: Settings, values: dict[str, Any]) -> Settings:
+    """``settings`` with ``values`` (by dotted name) applied and validated; ConfigError says what is wrong.
+
+    Every value is checked with the settings' own types and ranges; all apply, or none.
+    """
+    tree = settings.model_dump()
+    for name, value in values.items():
+        section, _, key = name.partition(".")
+        if section not in LIVE_SECTIONS and name not in LIVE_KEYS:
+            known = section in tree and (not key or isinstance(tree[section], dict) and key in tree[section])
+            why = "needs a restart (change the configuration file)" if known else "is not a setting"
+            raise ConfigError(f"{name} {why}; a running service takes {', '.join(s + '.*' for s in LIVE_SECTIONS)}"
+                              f", {', '.join(LIVE_KEYS)}")
+        if not key or key not in tree[section]:
+            raise ConfigError(f"{name} is not a setting; {section} has {', '.join(tree[section])}")
+        tree[section][key] = value
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                                    for e in exc.errors(include_url=False))) from None
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -12,7 +12,7 @@ from collections import Counter
 
 import structlog
 
-CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "view")
+CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "control", "record", "view")
 
 
 class _StderrLogger:

@@ -98,3 +98,41 @@ def browser_page(chromium, tmp_path):
             yield page
         finally:
             browser.close()
+
+
+class ServedApp:
+    """The application on free loopback ports, served on a thread until ``stop_after`` acquisitions are finished.
+
+    Its documents go to ``collector`` (and to a PUB socket with ``publish``); ``finish()`` waits for
+    the end and returns the service's ingest state.
+    """
+
+    def __init__(self, settings, context, analyze=lambda snapshot, record: [], publish: bool = False,
+                 connection=None, stop_after: int = 1, record_dir=None, **app_options):
+        from edx_live.shell.app import App, on_free_ports
+        from edx_live.shell.publish import Collector
+        from edx_live.shell.sockets import Sockets
+
+        self.collector = Collector()
+        self.stop_after = stop_after
+        self.app = App(on_free_ports(settings, record_dir=record_dir), connection=connection, publish=publish, control=False,
+                       subscribers=[self.collector], analyze=analyze, sockets=Sockets(context), **app_options)
+        self.service, self.connection = self.app.service, self.app.connection
+
+    @property
+    def endpoint(self) -> str:
+        return self.app.input_endpoint
+
+    def start(self) -> "ServedApp":
+        self.app.start(self.stop_after)
+        return self
+
+    def is_alive(self) -> bool:
+        return self.app.alive
+
+    def finish(self, timeout: float = 300):
+        try:
+            self.app.wait(timeout)
+        finally:
+            self.app.close()
+        return self.service.ingest

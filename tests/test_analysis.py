@@ -7,7 +7,7 @@ import pytest
 from edx_adapters.synthetic import make_phantom
 from edx_protocol import NOISE_LABEL, Start
 
-from edx_live.analysis import Analyzer
+from edx_live.pipeline.refit import Analyzer
 from edx_live.config import load_settings
 from edx_live.core.snapshot import Snapshot
 
@@ -76,7 +76,7 @@ def test_more_dose_keeps_the_ids_of_matching_clusters(phantom):
 
 def test_a_failure_in_one_workflow_leaves_the_other_and_is_counted(phantom, monkeypatch):
     """Tracking, document building and quantification are contained per workflow, like segmentation."""
-    import edx_live.analysis as analysis
+    import edx_live.pipeline.refit as analysis
 
     rng = np.random.default_rng(0)
     cube = rng.poisson(phantom.expected(200.0)).astype(np.uint32)
@@ -90,7 +90,9 @@ def test_a_failure_in_one_workflow_leaves_the_other_and_is_counted(phantom, monk
     monkeypatch.setattr(analysis, "clusters_document", broken_for_pca)
     analyzer = Analyzer(load_settings(overrides={"quantify": {"replicas": 4, "bootstrap": 4}}))
     docs = list(analyzer(_snapshot(phantom, cube, "a", 0)))
-    assert [(h.kind, h.workflow) for h, _ in docs] == [("clusters", "umap-hdbscan"), ("composition", "umap-hdbscan")]
+    assert [(h.kind, getattr(h, "workflow", None)) for h, _ in docs] == [
+        ("clusters", "umap-hdbscan"), ("composition", "umap-hdbscan"), ("targets", None), ("advice", None)]
+    assert docs[2][0].targets and all(t.workflows == ["umap-hdbscan"] for t in docs[2][0].targets)
     assert analyzer.errors == 1 and "pca-gmm" not in analyzer.latest
 
     def broken_setup(*args, **kwargs):
@@ -99,7 +101,8 @@ def test_a_failure_in_one_workflow_leaves_the_other_and_is_counted(phantom, monk
     monkeypatch.setattr(analysis, "clusters_document", real)
     monkeypatch.setattr(analysis, "acquisition_setup", broken_setup)
     docs = list(analyzer(_snapshot(phantom, cube, "b", 0)))
-    assert [(h.kind, h.workflow) for h, _ in docs] == [("clusters", "pca-gmm"), ("clusters", "umap-hdbscan")]
+    assert [(h.kind, getattr(h, "workflow", None)) for h, _ in docs] == [
+        ("clusters", "pca-gmm"), ("clusters", "umap-hdbscan"), ("targets", None), ("advice", None)]
     assert analyzer.errors == 3
 
 
@@ -113,7 +116,7 @@ def test_a_refit_that_raises_does_not_stop_the_service():
 
     calls = []
 
-    def analyze(snapshot):
+    def analyze(snapshot, record):
         calls.append(snapshot.final)
         raise ValueError("a refit that fails on odd data")
 

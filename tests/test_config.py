@@ -64,7 +64,7 @@ def test_cli_kfactors_reach_the_settings():
 
 
 def test_workflow_settings_reach_the_estimators():
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
 
     s = load_settings(overrides={"umap_hdbscan": {"scaling": "robust", "energy_rebin": 1, "pca_components": 0,
                                                   "min_cluster_size": 12},

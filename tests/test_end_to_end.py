@@ -21,7 +21,7 @@ def _receive_until_final(sub, server, timeout_s=300.0):
     documents, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not sub.poll(200):
-            assert server.is_alive(), "the service thread ended before its final update"
+            assert server.alive, "the service thread ended before its final update"
             continue
         frames = sub.recv_multipart(copy=False)
         header, arrays = decode_result(frames[1:])
@@ -36,37 +36,27 @@ def test_producer_to_result_subscriber(tmp_path):
     from edx_adapters.producer import send_replay
     from edx_adapters.replay import open_replay
 
-    from edx_live.analysis import Analyzer
     from edx_live.config import load_settings
-    from edx_live.shell.publish import ZmqPublisher
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    from edx_live.shell.app import App, on_free_ports
+    from edx_live.shell.sockets import Sockets
 
     ctx = zmq.Context()
     settings = load_settings(overrides={"refit": {"interval_s": 3600, "every_frames": 3},
                                         "output": {"address": "tcp://127.0.0.1:*", "status_interval_s": 0.2},
                                         "quantify": {"kfactors": KFACTORS, "replicas": 16}})
-    conn = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=ctx)
-    conn.open()
-    publisher = ZmqPublisher(settings.output.address, ctx)
-    service = Service(settings, conn, [publisher], Analyzer(settings))
-    import threading
-
-    server = threading.Thread(target=service.run, kwargs={"stop_after": 1}, daemon=True)
-    sub = ctx.socket(zmq.SUB)
-    sub.connect(publisher.endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    server.start()
+    app = App(on_free_ports(settings), control=False, sockets=Sockets(ctx))
+    sub = app.sockets.subscriber(app.output_endpoint)
+    app.start(stop_after=1)
     while not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):  # subscription is live
-        assert server.is_alive()
+        assert app.alive
     push = ctx.socket(zmq.PUSH)
-    push.connect(conn.endpoint)
+    push.connect(app.input_endpoint)
     send_replay(open_replay(bundled_dataset(), frames=6), push)
-    documents = _receive_until_final(sub, server)
-    server.join(60)
+    documents = _receive_until_final(sub, app)
+    app.wait(60)
     for s in (push, sub):
         s.close(linger=0)
-    publisher.close()
+    app.close()
     ctx.term()
 
     kinds = [(h.kind, getattr(h, "workflow", None)) for h, _ in documents]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from edx_protocol import Composition, Detector, EnergyAxis, Start
 
-from edx_live.analysis import WorkflowOutput
+from edx_live.pipeline.refit import WorkflowOutput
 from edx_live.core.snapshot import Snapshot
-from edx_live.documents import composition_document
+from edx_live.pipeline.documents import composition_document
 from edx_live.export import (CSV_COLUMNS, cluster_spectra_signal, confidence_signal, image_signal, labels_signal,
                              spectrum_image_signal, write_outputs, write_session)
 from edx_live.quantify import quantify_clusters

@@ -34,7 +34,6 @@ import random
 import re
 import string
 import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -48,7 +47,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from conftest import DATA_DIR, REPO, load_file_sum
+from conftest import DATA_DIR, REPO, ServedApp, load_file_sum
 from edx_adapters.replay import open_replay
 from edx_protocol import ProtocolError, decode, encode
 from edx_protocol.codec import MAX_HEADER_BYTES
@@ -57,9 +56,6 @@ from hypothesis import strategies as st
 
 from edx_live.config import load_settings
 from edx_live.core.ingest import REASONS, Ingest, IngestOptions
-from edx_live.shell.publish import Collector
-from edx_live.shell.service import Service
-from edx_live.shell.transport import ZmqConnection
 
 GOLDEN = REPO / "protocol" / "golden"
 SCHEMA = REPO / "protocol" / "schema" / "acquisition.schema.json"
@@ -509,6 +505,8 @@ DETECTOR = Obj({"name": (Nullable(Str(0, 256)), False), "elevation_deg": (Num(-9
                 "azimuth_deg": (Num(-360, 360), True),
                 "energy_resolution_mnka_ev": (Nullable(POSITIVE), False),
                 "solid_angle_sr": (Nullable(POSITIVE), False)})
+STAGE = Obj({**{axis: (Nullable(Num(-1, 1)), False) for axis in "xyz"},
+             **{tilt: (Nullable(Num(-2 * math.pi, 2 * math.pi)), False) for tilt in ("alpha", "beta")}})
 START = Obj({**_common("start"), "scan_shape": (ListOf(Int(1, 65535), 2, 2), True),
              "energy_axis": (ENERGY_AXIS, True), "beam_energy_kev": (Num(0, 2000, lo_open=True), True),
              "detectors": (ListOf(DETECTOR, 1, 255), True), "pixel_size": (Nullable(POSITIVE), False),
@@ -516,6 +514,9 @@ START = Obj({**_common("start"), "scan_shape": (ListOf(Int(1, 65535), 2, 2), Tru
              "expected_frames": (Nullable(Int(1, MAX_INDEX)), False),
              "elements": (ListOf(Str(0, 2), 0, 118), False), "xray_lines": (ListOf(Str(0, 16), 0, 256), False),
              "instrument": (Nullable(Str(0, 1024)), False), "title": (Nullable(Str(0, 1024)), False),
+             "field_of_view_m": (Nullable(Num(0, 1, lo_open=True)), False),
+             "scan_rotation_rad": (Nullable(Num(-2 * math.pi, 2 * math.pi)), False),
+             "stage_position": (Nullable(STAGE), False),
              "arrays": (NO_ARRAYS, False)})
 STOP = Obj({**_common("stop"), "frames": (INDEX, True), "reason": (Enum(("complete", "aborted")), False),
             "arrays": (NO_ARRAYS, False)})
@@ -1620,41 +1621,21 @@ def test_ingest_takes_everything_and_holds_at_most_the_open_acquisitions_allowed
 # The service over loopback ZeroMQ
 # ---------------------------------------------------------------------------------------------
 
-class ServiceThread(threading.Thread):
-    """The real service on a random loopback port, run until one acquisition is finished."""
-
-    def __init__(self, context: zmq.Context):
-        super().__init__(daemon=True)
-        self.connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=context)
-        self.connection.open()
-        self.collector = Collector()
-        settings = load_settings(overrides={"refit": {"interval_s": 3600}})
-        self.service = Service(settings, self.connection, [self.collector], analyze=lambda snapshot: [])
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.service.run(stop_after=1)
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-
 def test_service_over_zeromq_counts_every_hostile_message(bases):
     """The loop survives, the real acquisition is exact, and ``rejected`` counts what was sent, by reason."""
     real = real_acquisition(*CORE_SHELL)
     context = zmq.Context()
-    server = ServiceThread(context)
-    server.start()
+    server = ServedApp(load_settings(overrides={"refit": {"interval_s": 3600}}), context).start()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 60_000)  # a dead service fails the test instead of blocking it
     push.setsockopt(zmq.LINGER, 0)
-    push.connect(server.connection.endpoint)
+    push.connect(server.endpoint)
     run = Run()
     try:
         for is_real, item in interleaved(real, hostile_stream(bases, 41, 600), 600, 41, after_stop=False):
             if is_real:
                 if item is real[-1]:
-                    assert server.is_alive(), f"the service died: {server.error!r}"
+                    assert server.is_alive(), f"the service died: {server.app.error!r}"
                 push.send_multipart(item)
                 continue
             judged = run.judge(item)
@@ -1665,14 +1646,13 @@ def test_service_over_zeromq_counts_every_hostile_message(bases):
             assert max(map(_nbytes, item.frames)) < server.connection.max_message_bytes  # ZeroMQ would drop it
             run.expected[judged.reason or "unknown_acquisition"] += 1
             push.send_multipart(item.frames)
-        server.join(120)
+        server.finish(120)
     finally:
         push.close()
-        server.service.stop()
-        server.join(10)
+        server.app.close()
         context.destroy(linger=0)
     run.check()
-    assert not server.is_alive() and server.error is None and server.service.finished == 1
+    assert not server.is_alive() and server.app.error is None and server.service.finished == 1
     ingest = server.service.ingest
     assert dict(ingest.rejected) == dict(run.expected) and "internal_error" not in ingest.rejected
     final = [h for h, _ in server.collector.documents if h.kind == "status" and h.final]

@@ -63,8 +63,8 @@ def _unchanged(ing: Ingest) -> None:
 
 
 def _status_encodes(ing: Ingest) -> None:
-    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s: [])
-    service.ingest = ing
+    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s, record: [])
+    service.state.ingest = ing
     status = service.status()
     assert decode_result(encode(status)).header == status
 
@@ -168,8 +168,8 @@ def test_the_socket_limits_come_from_the_configuration():
                          max_message_bytes=settings.input.max_message_bytes)
     conn.open()
     try:
-        assert conn._socket.getsockopt(zmq.MAXMSGSIZE) == 123456
-        assert conn._socket.getsockopt(zmq.RCVHWM) == 7
+        assert conn.socket.getsockopt(zmq.MAXMSGSIZE) == 123456
+        assert conn.socket.getsockopt(zmq.RCVHWM) == 7
     finally:
         conn.close()
         ctx.destroy(linger=0)
@@ -249,8 +249,8 @@ def test_a_stop_claiming_more_frames_does_not_raise_frames(ingest):
 def test_rejections_are_counted_per_acquisition_and_since_start_up(ingest):
     ingest.receive([b"\xc1"])  # names no acquisition
     ingest.receive(events(1, [0], [0]))  # a duplicate of acq-1
-    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s: [])
-    service.ingest = ingest
+    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s, record: [])
+    service.state.ingest = ingest
     status = service.status()
     assert status.rejected == {"not_msgpack": 1, "duplicate_seq": 1}
     assert status.acquisition_rejected == {"duplicate_seq": 1}
@@ -354,7 +354,7 @@ def test_a_flood_of_images_publishes_the_latest_mean_not_a_backlog():
 
     settings = load_settings(overrides={"output": {"status_interval_s": 3600.0}, "refit": {"interval_s": 3600}})
     connection, collector = MemoryConnection(), Collector()
-    service = Service(settings, connection, [collector], analyze=lambda s: [])
+    service = Service(settings, connection, [collector], analyze=lambda s, record: [])
     connection.put(encode(start()))
     n = 2000
     for seq in range(1, n + 1):

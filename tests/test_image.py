@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
-from conftest import load_file_sum
+from conftest import ServedApp, load_file_sum
 from edx_adapters.producer import send_replay
 from edx_adapters.replay import open_replay
 from edx_adapters.synthetic import ADF_MEAN, ADF_NOISE, make_phantom, synthetic_replay
@@ -17,40 +16,17 @@ from edx_protocol import Image, Stop, decode_result, describe, encode
 from edx_protocol.check import DocumentChecker
 
 from edx_live.config import load_settings
-from edx_live.shell.publish import Collector, ZmqPublisher, format_document
-from edx_live.shell.service import Service
-from edx_live.shell.transport import ZmqConnection
+from edx_live.shell.publish import format_document
 
 STATUS_INTERVAL_S = 0.05
 SWEEP_INTERVAL_S = 0.06  # between sweeps: the acquisition spans several status intervals
 
 
-class Server(threading.Thread):
+def Server(context) -> ServedApp:
     """The service on random loopback ports, publishing on ZeroMQ, until one acquisition is finished."""
-
-    def __init__(self, context):
-        super().__init__(daemon=True)
-        settings = load_settings(overrides={"refit": {"interval_s": 3600},
-                                            "output": {"status_interval_s": STATUS_INTERVAL_S}})
-        self.connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=context)
-        self.connection.open()
-        self.publisher = ZmqPublisher("tcp://127.0.0.1:*", context)
-        self.service = Service(settings, self.connection, [self.publisher, Collector()], lambda snapshot: [])
-        self.error = None
-
-    def run(self):
-        try:
-            self.service.run(stop_after=1)
-        except BaseException as exc:  # surfaced by finish()
-            self.error = exc
-
-    def finish(self, timeout=120):
-        self.join(timeout)
-        assert not self.is_alive(), "the service did not finish the acquisition"
-        self.publisher.close()
-        if self.error:
-            raise self.error
-        return self.service.ingest
+    settings = load_settings(overrides={"refit": {"interval_s": 3600},
+                                        "output": {"status_interval_s": STATUS_INTERVAL_S}})
+    return ServedApp(settings, context, publish=True)
 
 
 @pytest.fixture
@@ -63,7 +39,7 @@ def context():
 def subscribe(context, server: Server) -> zmq.Socket:
     """A SUB socket on ``image`` and ``status``, live once it has received a status (no sleep)."""
     sub = context.socket(zmq.SUB)
-    sub.connect(server.publisher.endpoint)
+    sub.connect(server.app.output_endpoint)
     for topic in (b"image", b"status"):
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     server.start()
@@ -114,7 +90,7 @@ def test_the_published_image_is_the_files_image(name, data_dir, context):
     server = Server(context)
     sub = subscribe(context, server)
     push = context.socket(zmq.PUSH)
-    push.connect(server.connection.endpoint)
+    push.connect(server.endpoint)
     sent = send_replay(replay, push, interval_s=SWEEP_INTERVAL_S)
     documents = documents_until_final(sub)
     ingest = server.finish()
@@ -183,7 +159,7 @@ def test_malformed_images_are_counted_and_change_nothing(data_dir, context):
     server = Server(context)
     sub = subscribe(context, server)
     push = context.socket(zmq.PUSH)
-    push.connect(server.connection.endpoint)
+    push.connect(server.endpoint)
     for header, arrays in messages:
         push.send_multipart(encode(header, arrays))
     for frames in bad.values():
@@ -219,7 +195,7 @@ def test_a_first_image_refused_leaves_no_image(context):
     server = Server(context)
     sub = subscribe(context, server)
     push = context.socket(zmq.PUSH)
-    push.connect(server.connection.endpoint)
+    push.connect(server.endpoint)
     for header, arrays_ in [(replay.start, {})] + messages + [(wrong, arrays), (stop, {})]:
         push.send_multipart(encode(header, arrays_))
     documents = documents_until_final(sub)

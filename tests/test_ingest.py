@@ -123,7 +123,7 @@ def test_status_of_an_idle_service_is_a_valid_document():
     from edx_live.shell.service import Service
     from edx_live.shell.transport import MemoryConnection
 
-    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s: [])
+    service = Service(load_settings(), MemoryConnection(), [], analyze=lambda s, record: [])
     status = service.status()
     assert (status.state, status.acquisition_id, status.gaps.count) == ("idle", None, 0)
     assert decode_result(encode(status)).header == status

@@ -23,11 +23,9 @@ from edx_adapters.replay import open_replay, xray_count
 from edx_protocol import WORKFLOWS, decode_result
 from edx_protocol.check import RULES, DocumentChecker
 
-from edx_live.analysis import Analyzer
 from edx_live.config import load_settings
-from edx_live.shell.publish import ZmqPublisher
-from edx_live.shell.service import Service
-from edx_live.shell.transport import ZmqConnection
+from edx_live.shell.app import App, on_free_ports
+from edx_live.shell.sockets import Sockets
 
 #: Sweeps the dense files (.hspy, .bcf) are split into; .pts and .emd replay their recorded sweeps.
 DENSE_SWEEPS = 4
@@ -128,13 +126,13 @@ class LiveRun:
     late: list[int] = field(default_factory=list)
 
 
-def _receive(sub: zmq.Socket, run: LiveRun, pacer: Pacer | None, server: _Thread, until_final: bool,
+def _receive(sub: zmq.Socket, run: LiveRun, pacer: Pacer | None, server: App, until_final: bool,
              timeout_s: float) -> bool:
     """Check every document that arrives; True once the awaited one (first status, or final status) came."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not sub.poll(100):
-            if not server.is_alive():
+            if not server.alive:
                 return False  # everything it published has been read
             continue
         frames = sub.recv_multipart(copy=False)
@@ -163,35 +161,28 @@ def run_live(path, frames: int | None, context: zmq.Context) -> LiveRun:
     replay = open_replay(path, frames=frames)
     settings = settings_for(path.name, first_sweep_counts(replay))
     run = LiveRun(sweeps=replay.frames)
-    connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=context)
-    connection.open()
-    publisher = ZmqPublisher(settings.output.address, context)
-    service = Service(settings, connection, [publisher], Analyzer(settings))
-    server = _Thread(lambda: service.run(stop_after=1), "edx-live-service")
-    sub = context.socket(zmq.SUB)
-    sub.connect(publisher.endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    app = App(on_free_ports(settings), control=False, sockets=Sockets(context))
+    sub = app.sockets.subscriber(app.output_endpoint)
     pacer, stop = Pacer(REFIT_TIMEOUT_S), threading.Event()
-    producer = _Thread(lambda: _produce(replay, connection.endpoint, context, stop, pacer), "edx-live-producer")
-    server.start()
+    producer = _Thread(lambda: _produce(replay, app.input_endpoint, context, stop, pacer), "edx-live-producer")
+    app.start(stop_after=1)
     try:
         # A status proves the subscription is live, so no document of the acquisition is missed.
-        if not _receive(sub, run, None, server, until_final=False, timeout_s=30.0):
+        if not _receive(sub, run, None, app, until_final=False, timeout_s=30.0):
             run.errors.append("no status from the service within 30 s")
             return run
         producer.start()
-        _receive(sub, run, pacer, server, until_final=True, timeout_s=RUN_TIMEOUT_S)
+        _receive(sub, run, pacer, app, until_final=True, timeout_s=RUN_TIMEOUT_S)
     finally:
         stop.set()
         pacer.release()
-        service.stop()
-        for thread, name in ((producer, "producer"), (server, "service")):
-            if thread.ident is not None:  # started
-                thread.join(60)
-            if thread.error is not None:
-                run.errors.append(f"{name} raised {type(thread.error).__name__}: {thread.error}")
+        app.close(timeout_s=60)
+        if producer.ident is not None:  # started
+            producer.join(60)
+        for error, name in ((producer.error, "producer"), (app.error, "service")):
+            if error is not None:
+                run.errors.append(f"{name} raised {type(error).__name__}: {error}")
         sub.close(linger=0)
-        publisher.close()
     run.late = pacer.late
     return run
 

@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 import zmq
-from conftest import DATA_FILES, load_file_sum
+from conftest import DATA_FILES, ServedApp, load_file_sum
 from edx_adapters.producer import send_replay
 from edx_adapters.replay import open_replay
 
 from edx_live.config import load_settings
-from edx_live.shell.publish import Collector
-from edx_live.shell.service import Service
 from edx_live.shell.transport import ZmqConnection
 
 #: Odd message sizes that do not divide the scans.
 ODD_CHUNK = {"View000_0000006.pts": 1001, "SiO2 EDS Spectrum Image.hspy": 37}
-
-
-class ServiceThread(threading.Thread):
-    """The service on a random loopback port, run until one acquisition is finished."""
-
-    def __init__(self, settings, context, analyze=lambda snapshot: []):
-        super().__init__(daemon=True)
-        self.connection = ZmqConnection("tcp://127.0.0.1:*", "pull", bind=True, context=context)
-        self.connection.open()
-        self.collector = Collector()
-        self.service = Service(settings, self.connection, [self.collector], analyze)
-        self.error = None
-
-    def run(self):
-        try:
-            self.service.run(stop_after=1)
-        except BaseException as exc:  # surfaced by finish()
-            self.error = exc
-
-    def finish(self, timeout=300):
-        self.join(timeout)
-        assert not self.is_alive(), "the service did not finish the acquisition"
-        if self.error:
-            raise self.error
-        return self.service.ingest
 
 
 @pytest.fixture
@@ -73,9 +45,9 @@ def assert_cube_equals(cube: np.ndarray, reference: np.ndarray) -> None:
 @pytest.mark.parametrize("name", list(DATA_FILES))
 def test_every_file_through_sockets_equals_its_own_sum(name, data_dir, context, settings):
     replay = open_replay(data_dir / name, chunk_pixels=ODD_CHUNK.get(name, 7))
-    server = ServiceThread(settings, context)
+    server = ServedApp(settings, context)
     server.start()
-    push = push_socket(context, server.connection.endpoint)
+    push = push_socket(context, server.endpoint)
     sent = send_replay(replay, push, interval_s=0.0)
     ingest = server.finish()
     push.close()
@@ -91,9 +63,9 @@ def test_malformed_messages_are_dropped_and_the_data_stay_intact(data_dir, conte
     """Garbage between real frames: each is counted and dropped, and the sum is still exact."""
     replay = open_replay(data_dir / "core_shell.hspy", frames=4, chunk_pixels=129)
     messages = [(replay.start, {})] + list(replay.messages())
-    server = ServiceThread(settings, context)
+    server = ServedApp(settings, context)
     server.start()
-    push = push_socket(context, server.connection.endpoint)
+    push = push_socket(context, server.endpoint)
     from edx_protocol import encode
 
     good = [[bytes(f) for f in encode(h, a)] for h, a in messages]
@@ -126,9 +98,9 @@ def test_pixel_outside_the_scan_is_rejected_over_the_socket(data_dir, context, s
 
     replay = open_replay(data_dir / "test_TEM.bcf", frames=2)
     messages = [(replay.start, {})] + list(replay.messages())
-    server = ServiceThread(settings, context)
+    server = ServedApp(settings, context)
     server.start()
-    push = push_socket(context, server.connection.endpoint)
+    push = push_socket(context, server.endpoint)
     stop = messages.pop()
     for h, a in messages:
         push.send_multipart(encode(h, a))
@@ -149,10 +121,7 @@ def test_service_subscribes_to_a_publishing_producer(data_dir, context, settings
 
     pub = make_socket("tcp://127.0.0.1:*", "pub", bind=True, context=context)
     endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-    server = ServiceThread(settings, context)
-    server.connection.close()
-    server.connection = server.service.connection = ZmqConnection(endpoint, "sub", bind=False, context=context)
-    server.connection.open()
+    server = ServedApp(settings, context, connection=ZmqConnection(endpoint, "sub", bind=False, context=context))
     server.start()
     assert wait_for_subscriber(pub, 30.0)
     send_replay(open_replay(data_dir / "test_TEM.bcf", frames=3), pub)
@@ -164,15 +133,14 @@ def test_service_subscribes_to_a_publishing_producer(data_dir, context, settings
 
 def test_acquisitions_in_a_row_each_start_fresh(data_dir, context, settings):
     seen = []
-    server = ServiceThread(settings, context, analyze=lambda snap: seen.append(
-        (snap.start.acquisition_id, snap.counts, snap.final)) or [])
-    server.run = lambda: server.service.run(stop_after=2)
+    server = ServedApp(settings, context, analyze=lambda snap, record: seen.append(
+        (snap.start.acquisition_id, snap.counts, snap.final)) or [], stop_after=2)
     server.start()
-    push = push_socket(context, server.connection.endpoint)
+    push = push_socket(context, server.endpoint)
     names = ["test_TEM.bcf", "EMDReader_SpectrumImage_Si.emd"]
     for name in names:
         send_replay(open_replay(data_dir / name, acquisition_id=name.split(".")[0].replace("_", "-")), push)
-    server.join(120)
+    server.finish(120)
     push.close()
     finals = [s for s in seen if s[2]]
     expected = [int(load_file_sum(data_dir / n).sum(dtype=np.uint64)) for n in names]

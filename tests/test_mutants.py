@@ -19,20 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 #: name -> (file, original text, mutated text, tests that must catch it)
 MUTANTS = {
     "composition labels by row, not id": (
-        "edx_live/documents.py", 'update={"label": int(ids[c.label])}', 'update={"label": int(c.label)}',
+        "edx_live/pipeline/documents.py", 'update={"label": int(ids[c.label])}', 'update={"label": int(c.label)}',
         ["tests/test_refit_ids.py"]),
     "ids reversed": (
-        "edx_live/documents.py", '    """The ``composition/<workflow>`` document; clusters carry the segmentation\'s ids."""\n'
+        "edx_live/pipeline/documents.py", '    """The ``composition/<workflow>`` document; clusters carry the segmentation\'s ids."""\n'
                                  "    ids = cluster_ids(result)",
         '    """The ``composition/<workflow>`` document; clusters carry the segmentation\'s ids."""\n'
         "    ids = cluster_ids(result)[::-1]",
         ["tests/test_refit_ids.py"]),
     "quantifier walks ids as rows": (
-        "edx_live/analysis.py", "row_labels(result), result.n_clusters", "result.labels, result.n_clusters",
+        "edx_live/pipeline/refit.py", "row_labels(result), result.n_clusters", "result.labels, result.n_clusters",
         ["tests/test_refit_ids.py"]),
     "setup cache ignores the acquisition": (
-        "edx_live/analysis.py", 'self._setups.get("setup") if self._setups.get("key") == key else None',
-        'self._setups.get("setup")', ["tests/test_refit_ids.py"]),
+        "edx_live/pipeline/refit.py", "if self._record is None or self._record.acquisition_id != aid:",
+        "if self._record is None:", ["tests/test_refit_ids.py"]),
     "pca-gmm confidence is 1 - posterior": (
         "edx_live/segment/pca_gmm.py", "self.probabilities_ = resp.max(axis=1)",
         "self.probabilities_ = 1.0 - resp.max(axis=1)", ["tests/test_refit_ids.py"]),

@@ -158,7 +158,7 @@ def test_the_cluster_count_does_not_rise_from_half_to_full_dose_once_the_phases_
 def test_umap_hdbscan_converges_on_core_shell_replayed_sweep_by_sweep_with_stable_ids():
     from edx_adapters.replay import open_replay
 
-    from edx_live.analysis import Analyzer
+    from edx_live.pipeline.refit import Analyzer
     from edx_live.config import load_settings
     from edx_live.core.snapshot import Snapshot
     from edx_live.shell.demo import DEMO_KFACTORS, bundled_dataset

@@ -15,7 +15,7 @@ from edx_adapters.synthetic import make_phantom
 from edx_protocol import Start
 from edx_protocol.check import DocumentChecker
 
-from edx_live.analysis import Analyzer
+from edx_live.pipeline.refit import Analyzer
 from edx_live.config import load_settings
 from edx_live.core.snapshot import Snapshot
 from edx_live.segment import PcaGmm, UmapHdbscan, segment

@@ -8,7 +8,7 @@ from edx_protocol import Detector, EnergyAxis, Start
 from matplotlib.colors import to_rgb
 from matplotlib.text import Text
 
-from edx_live.analysis import WorkflowOutput
+from edx_live.pipeline.refit import WorkflowOutput
 from edx_live.core.snapshot import Snapshot
 from edx_live.export import draw_report, write_report
 from edx_live.export.report import CLUSTER_COLOURS, DPI, PAGE_INCHES, THEORETICAL_MARK, composition_table, marked_lines

@@ -18,7 +18,7 @@ def test_rejected_message_is_logged_as_structured_json():
     try:
         conn = MemoryConnection()
         collector = Collector()
-        service = Service(load_settings(), conn, [collector], analyze=lambda s: [])
+        service = Service(load_settings(), conn, [collector], analyze=lambda s, record: [])
         conn.put([b"\x81\xa8protocol\x01" + b"x" * 5000])  # valid msgpack map, garbage after it
         runner = threading.Thread(target=service.run, daemon=True)
         runner.start()
@@ -55,7 +55,7 @@ def test_a_final_refit_does_not_wait_for_the_warm_up():
         order.append(("warm", threading.current_thread().name))
         compiling.wait(60)  # held until the final refit has run
 
-    def analyze(snap):
+    def analyze(snap, record):
         order.append(("refit", snap.final, snap.counts, compiling.is_set()))
         compiling.set()
         return []
@@ -83,7 +83,7 @@ def test_an_acquisition_replaced_without_stop_still_gets_its_final_refit():
     finals = []
     conn = MemoryConnection()
     service = Service(load_settings(), conn, [Collector()],
-                      analyze=lambda snap: (finals.append((snap.start.acquisition_id, snap.counts))
+                      analyze=lambda snap, record: (finals.append((snap.start.acquisition_id, snap.counts))
                                             if snap.final else None) or [])
     conn.put(encode(start("acq-1")))
     conn.put(events(1, np.arange(10), np.full(10, 3), aid="acq-1"))
@@ -118,7 +118,7 @@ def test_each_document_is_published_as_soon_as_the_refit_yields_it():
     first_published = threading.Event()
     seen_before_second = []
 
-    def analyze(snapshot):
+    def analyze(snapshot, record):
         yield Status(seq=0, acquisition_id="first", frames=0, counts=0, state="idle", messages=0,
                      refits=0, final=False), {}
         seen_before_second.append(first_published.wait(30))  # False if publishing waited for the whole refit

@@ -182,7 +182,7 @@ def test_view_command_needs_no_analysis_stack():
     """``edx-live view`` imports neither scikit-learn, HyperSpy, exspy nor the service's settings."""
     code = ("import sys, edx_live.cli as c, edx_live.view.server, edx_live.view.page; "
             "heavy = [m for m in ('sklearn', 'hyperspy', 'exspy', 'umap', 'hdbscan', 'numba', 'edx_live.config',"
-            " 'edx_live.analysis') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+            " 'edx_live.pipeline.refit') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -230,21 +230,11 @@ def test_page_shows_documents_and_says_when_no_service(viewer, browser_page, mon
 
 
 def _service(overrides: dict):
-    from edx_live.analysis import Analyzer
-    from edx_live.shell.demo import _Thread, demo_settings
-    from edx_live.shell.publish import ZmqPublisher
-    from edx_live.shell.service import Service
-    from edx_live.shell.transport import ZmqConnection
+    """The demo's application (its settings, no session folder), served on a thread until stopped."""
+    from edx_live.shell.app import App
+    from edx_live.shell.demo import demo_settings
 
-    settings = demo_settings({"quantify": {"kfactors": {}}, **overrides})
-    context = zmq.Context.instance()
-    connection = ZmqConnection(settings.input.address, "pull", bind=True, context=context)
-    connection.open()
-    publisher = ZmqPublisher(settings.output.address, context)
-    service = Service(settings, connection, [publisher], Analyzer(settings))
-    thread = _Thread(lambda: service.run(), "edx-live-service")
-    thread.start()
-    return service, thread, connection, publisher
+    return App(demo_settings({"quantify": {"kfactors": {}}, **overrides})).start()
 
 
 def _produce(endpoint: str, path: Path, frames: int, acquisition_id: str, pause_after: int | None = None,
@@ -285,16 +275,16 @@ def test_live_page_through_the_real_service(data_dir, browser_page):
     from edx_live.view.server import ViewerProcess
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    service, thread, connection, publisher = _service({"refit": {"interval_s": 60.0, "every_frames": 2}})
+    app = _service({"refit": {"interval_s": 60.0, "every_frames": 2}})
     # the viewer as a user runs it (edx-live view), in a process of its own; the test follows the same documents
-    viewer = ViewerProcess(publisher.endpoint, port=0).start()
-    feed = Feed(publisher.endpoint).start()
+    viewer = ViewerProcess(app.output_endpoint, port=0).start()
+    feed = Feed(app.output_endpoint).start()
     try:
         browser_page.goto(viewer.url)
         resume = threading.Event()
         path = data_dir / "test_TEM.bcf"
         first_id, second_id = "view-first-acquisition", "view-second-acquisition"
-        first, producer = _produce(connection.endpoint, path, 6, first_id, pause_after=4, resume=resume)
+        first, producer = _produce(app.input_endpoint, path, 6, first_id, pause_after=4, resume=resume)
 
         def refitted_both():
             s = feed.snapshot()
@@ -333,7 +323,7 @@ def test_live_page_through_the_real_service(data_dir, browser_page):
         a, b = _png(live), _png(final)
         assert a.shape != b.shape or np.abs(a - b).mean() > 1e-3, "the page did not change after later refits"
 
-        second, producer = _produce(connection.endpoint, path, 2, second_id)
+        second, producer = _produce(app.input_endpoint, path, 2, second_id)
         browser_page.wait_for_selector(f"text={second_id}", timeout=60000)
         assert browser_page.locator(f"text={first_id}").count() == 0
         producer.join(120)
@@ -344,9 +334,7 @@ def test_live_page_through_the_real_service(data_dir, browser_page):
     finally:
         viewer.stop()
         feed.stop()
-        service.stop()
-        thread.join(timeout=60)
-        publisher.close()
+        app.close(timeout_s=60)
 
 
 def test_feed_picks_up_a_restarted_service():

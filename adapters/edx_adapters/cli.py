@@ -4,6 +4,10 @@ Example::
 
     edx-live-replay core_shell.hspy --frames 20 --interval 2
     edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://*:5556
+    edx-live-replay recordings/run-20250101T120000.edxrec --speed 10
+
+A recorded session (``.edxrec``, written by ``edx-live --record DIR``) is sent byte for
+byte, every message as the service received it, at the recorded pace times ``--speed``.
 
 It reports each sweep on stderr, under a progress bar over the sweeps when stderr
 is a terminal; piped or redirected, stderr gets the report lines alone.
@@ -20,8 +24,15 @@ from contextlib import contextmanager
 import zmq
 from tqdm import tqdm
 
+from edx_protocol.container import SUFFIX as RECORDING_SUFFIX
+from edx_protocol.container import read_recording
+
 from .producer import SOCKET_KINDS, SweepDone, make_socket, send_replay, wait_for_subscriber
+from .recording import send_recording
 from .replay import FORMATS, open_replay
+
+#: Options that shape a spectrum image file's messages; a recording's messages are fixed.
+_FILE_ONLY = ("frames", "interval", "chunk_pixels", "seed", "acquisition_id")
 
 
 def _positive_int(text: str) -> int:
@@ -41,8 +52,9 @@ def _non_negative(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``edx-live-replay``."""
     p = argparse.ArgumentParser(prog="edx-live-replay", description=__doc__.splitlines()[0],
-                                epilog=f"Supported files: {', '.join(sorted(FORMATS))}.")
-    p.add_argument("file", help="spectrum image file to replay")
+                                epilog=f"Supported files: {', '.join(sorted(FORMATS))}, and recorded "
+                                       f"sessions ({RECORDING_SUFFIX}).")
+    p.add_argument("file", help=f"spectrum image file or recorded session ({RECORDING_SUFFIX}) to replay")
     p.add_argument("--address", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint (default %(default)s)")
     p.add_argument("--socket", choices=sorted(SOCKET_KINDS), default="push",
                    help="push: to the service's PULL (default); pub: for SUB receivers")
@@ -51,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     side.add_argument("--connect", dest="bind", action="store_false", help="connect (default for push)")
     p.add_argument("--frames", type=_positive_int, help="sweeps: split dense files into N (default 10); "
                                                         "recorded sweeps: send only the first N")
-    p.add_argument("--interval", type=_non_negative, default=0.0, help="seconds between sweeps (default 0)")
+    p.add_argument("--interval", type=_non_negative, help="seconds between sweeps (default 0)")
     p.add_argument("--chunk-pixels", type=_positive_int, help="pixels per message (default one scan row)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dense split (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the dense split (default 0)")
     p.add_argument("--acquisition-id", help="default: file name plus a random suffix")
     p.add_argument("--wait-subscribers", type=_non_negative, default=10.0, metavar="SECONDS",
                    help="pub: wait this long for a subscriber before sending (default %(default)s; 0: do not wait)")
+    p.add_argument("--speed", type=_non_negative,
+                   help=f"{RECORDING_SUFFIX} only: 1 the recorded pace (default), 10 ten times faster, "
+                        "0 as fast as the receiver takes them")
     return p
 
 
@@ -92,23 +107,80 @@ def _sweep_printer(total: int, bar: tqdm):
     return report
 
 
+def _is_recording(path: str) -> bool:
+    return path.lower().endswith(RECORDING_SUFFIX)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not apply to the kind of file given."""
+    if _is_recording(args.file):
+        given = [f"--{name.replace('_', '-')}" for name in _FILE_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} shape a spectrum image file's messages; a recording is "
+                             "sent as recorded (use --speed for its pace)")
+    elif args.speed is not None:
+        raise ValueError(f"--speed applies to recorded sessions ({RECORDING_SUFFIX}); use --interval for "
+                         "the pause between sweeps of a spectrum image file")
+
+
+def _open_socket(args: argparse.Namespace) -> zmq.Socket | None:
+    """The producer's socket, with a subscriber already there for pub; None (said why) if none came."""
+    socket = make_socket(args.address, args.socket, args.bind)
+    if args.socket == "pub" and args.wait_subscribers > 0 and not wait_for_subscriber(socket, args.wait_subscribers):
+        _say(f"edx-live-replay: error: no subscriber within {args.wait_subscribers:g} s; start the "
+             "receiver first or raise --wait-subscribers")
+        socket.close()
+        return None
+    return socket
+
+
+def _run_recording(args: argparse.Namespace) -> int:
+    recording = read_recording(args.file)
+    speed = 1.0 if args.speed is None else args.speed
+    header = recording.header
+    _say(f"{args.file}: recorded {header.get('created')} from {header.get('source') or 'an unknown source'}, "
+         f"acquisition {header.get('acquisition_id')}; speed {'as fast as possible' if speed == 0 else f'x{speed:g}'}"
+         f" -> {args.socket} {args.address}")
+    socket = _open_socket(args)
+    if socket is None:
+        return 1
+    nbytes = [0]
+
+    def count(index: int, frames) -> None:
+        nbytes[0] += sum(len(f) for f in frames)
+        bar.update()
+
+    stop = threading.Event()
+    try:
+        with _stop_on_interrupt(stop), tqdm(unit="message", desc="sent", file=sys.stderr, disable=None,
+                                            leave=False, dynamic_ncols=True) as bar:
+            sent = send_recording(recording, socket, speed, on_message=count, stop_event=stop)
+    finally:
+        socket.close()
+    if recording.truncated:
+        _say(f"warning: the recording ends early ({recording.problem}); every message before that was sent")
+    _say(f"{'aborted' if stop.is_set() else 'complete'}: {sent} messages, {nbytes[0] / 1e6:.2f} MB")
+    return 130 if stop.is_set() else 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels, seed=args.seed,
-                         acquisition_id=args.acquisition_id)
+    _check_options(args)
+    if _is_recording(args.file):
+        return _run_recording(args)
+    replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels,
+                         seed=0 if args.seed is None else args.seed, acquisition_id=args.acquisition_id)
     start = replay.start
     _say(f"{start.acquisition_id}: {start.scan_shape[0]}x{start.scan_shape[1]} pixels, "
          f"{start.energy_axis.channels} channels, {len(start.detectors)} detector(s), {replay.frames} sweeps "
          f"-> {args.socket} {args.address}")
-    socket = make_socket(args.address, args.socket, args.bind)
+    socket = _open_socket(args)
+    if socket is None:
+        return 1
     try:
-        if args.socket == "pub" and args.wait_subscribers > 0:
-            if not wait_for_subscriber(socket, args.wait_subscribers):
-                _say(f"edx-live-replay: error: no subscriber within {args.wait_subscribers:g} s; start the "
-                     "receiver first or raise --wait-subscribers")
-                return 1
         stop = threading.Event()
         with _stop_on_interrupt(stop), _progress_bar(replay.frames) as bar:
-            sent = send_replay(replay, socket, args.interval, stop, on_sweep=_sweep_printer(replay.frames, bar))
+            sent = send_replay(replay, socket, args.interval or 0.0, stop,
+                               on_sweep=_sweep_printer(replay.frames, bar))
     finally:
         socket.close()
     state = "aborted" if sent.aborted else "complete"

@@ -97,6 +97,12 @@ class Accumulator:
         """The accumulated spectrum image, (rows, columns, channels); a view, do not modify."""
         return self._flat.reshape(*self.scan_shape, -1)
 
+    def clear(self) -> None:
+        """Discard every count (a reset): the cube is zero again, its memory kept."""
+        self._flat[...] = 0
+        self.counts = self.events = 0
+        self._headroom, self._saturated = self._limit, False
+
     def add_events(self, pixel: np.ndarray, channel: np.ndarray) -> int:
         """Add X-ray events; return the number inside the kept energy range."""
         if pixel.size:

@@ -51,7 +51,7 @@ def draw_report(start: Start, total_counts: np.ndarray, latest: Mapping, *, imag
     start : edx_protocol.Start
     total_counts : numpy.ndarray, shape (rows, columns)
         Counts per scan pixel: the background of the maps when there is no image.
-    latest : mapping of str to edx_live.analysis.WorkflowOutput
+    latest : mapping of str to edx_live.pipeline.refit.WorkflowOutput
         One row of panels per workflow, in the mapping's order.
     image : numpy.ndarray, shape (rows, columns), optional
         The ADF/HAADF image, drawn under the cluster maps.

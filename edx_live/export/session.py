@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from edx_protocol import Start
 
-from edx_live.documents import composition_document
+from edx_live.pipeline.documents import composition_document
 from edx_live.logs import get_logger
 from edx_live.segment.tracking import cluster_ids
 
@@ -57,7 +57,7 @@ def write_session(out_dir: str | Path, start: Start, cube: np.ndarray, energy_of
         The accumulated spectrum image, unbinned.
     energy_offset_kev, energy_scale_kev : float
         Calibration of the cube's channels (after any energy crop or rebin).
-    latest : mapping of str to edx_live.analysis.WorkflowOutput, optional
+    latest : mapping of str to edx_live.pipeline.refit.WorkflowOutput, optional
         Per workflow, its last answer (``snapshot``, ``result``, ``quantification``,
         ``quantify_seconds``, ``convergence``). Answers of another acquisition are left out.
     image : numpy.ndarray of float, shape (rows, columns), optional
@@ -70,7 +70,7 @@ def write_session(out_dir: str | Path, start: Start, cube: np.ndarray, energy_of
     facts : mapping, optional
         Acquisition facts (:func:`edx_live.export.acquisition_facts`): frames, counts, elapsed_s, ...
     summary : mapping, optional
-        The run's summary (:func:`edx_live.summary.build_summary`), written as ``summary.json``
+        The run's summary (:func:`edx_live.export.summary.build_summary`), written as ``summary.json``
         with ``files`` replaced by the session's files; without it, a summary of the facts.
 
     Returns
@@ -105,7 +105,7 @@ def write_outputs(out_dir: str | Path, acquisition=None, latest: Mapping | None 
     acquisition : edx_live.core.ingest.Acquisition, optional
         Its ``start`` and ``accumulator`` (``cube``, ``selection.offset_kev``/``scale_kev``)
         give ``spectrum_image.hspy``.
-    latest : mapping of str to edx_live.analysis.WorkflowOutput, optional
+    latest : mapping of str to edx_live.pipeline.refit.WorkflowOutput, optional
         Per workflow: ``labels_``, ``confidence_`` and ``cluster_spectra_<workflow>.hspy``, and
         ``composition_<workflow>.csv``/``.json`` when quantified.
 

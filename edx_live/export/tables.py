@@ -1,7 +1,7 @@
 """A workflow's compositions as files: the published document as JSON, a flat CSV, and HyperSpy metadata.
 
 The JSON file is the ``composition/<workflow>`` document the service publishes
-(:func:`edx_live.documents.composition_document`), so a file and a subscriber
+(:func:`edx_live.pipeline.documents.composition_document`), so a file and a subscriber
 read the same numbers under the same names; ``edx_protocol.Composition``
 validates it.
 """

@@ -17,15 +17,16 @@ from pathlib import Path
 import zmq
 from edx_protocol import decode_result
 
-from edx_live.analysis import Analyzer
 from edx_live.config import load_settings
 from edx_live.logs import get_logger
 
-from .publish import ZmqPublisher, format_document
-from .service import Service
-from .transport import ZmqConnection
+from .app import App
+from .publish import format_document
 
 log = get_logger("service")
+
+#: Documents the demo prints as they arrive (the final status ends it).
+PRINTED = ("clusters", "composition", "targets", "advice")
 
 #: k-factors of the bundled FePt data (exspy documentation example).
 DEMO_KFACTORS = {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
@@ -38,7 +39,8 @@ def bundled_dataset() -> Path:
 
 def demo_settings(overrides: dict | None = None):
     base = {"input": {"address": "tcp://127.0.0.1:*", "socket": "pull", "bind": True},
-            "output": {"address": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
+            "output": {"address": "tcp://127.0.0.1:*", "status_interval_s": 0.5, "sessions_dir": None},
+            "control": {"address": "tcp://127.0.0.1:*"},
             "refit": {"interval_s": 2.0},
             "quantify": {"kfactors": DEMO_KFACTORS}}
     for key, value in (overrides or {}).items():
@@ -143,68 +145,51 @@ def run_demo(frames: int = 20, interval_s: float | None = None, out=None, timeou
     if interval_s is None:
         interval_s = 1.0 if interactive else 0.5
     t0 = time.perf_counter()
-    settings = demo_settings()
-    context = zmq.Context.instance()
-    connection = ZmqConnection(settings.input.address, "pull", bind=True, context=context)
-    connection.open()
-    publisher = ZmqPublisher(settings.output.address, context)
-    analyzer = Analyzer(settings)
-    sessions = None
-    if sessions_dir is not None:
-        from .sessions import SessionWriter
-
-        sessions = SessionWriter(Path(sessions_dir), settings, lambda: analyzer.latest, source="demo replay")
-    service = Service(settings, connection, [publisher], analyzer, on_finished=sessions)
-    server = _Thread(lambda: service.run(stop_after=1), "edx-live-service")
-    sub = context.socket(zmq.SUB)
-    sub.connect(publisher.endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    settings = demo_settings({"output": {"sessions_dir": sessions_dir}} if sessions_dir is not None else None)
     _warm_up(out)
-    server.start()
-    viewer = _start_viewer(publisher.endpoint, view_port, out) if view else None
+    app = App(settings, source="demo replay")
+    sub = app.sockets.subscriber(app.output_endpoint)
+    app.start(stop_after=1)
+    viewer = _start_viewer(app.output_endpoint, view_port, out) if view else None
     try:
         _wait_for_status(sub, 30.0)
         if viewer is not None:
             print(f"edx_live demo: live page at {viewer.url} (open it in a browser on this PC)", file=out,
                   flush=True)
-        print(f"edx_live demo: service in {connection.endpoint}, results on {publisher.endpoint}; "
-              f"replaying {bundled_dataset().name} as {frames} frames, one every {interval_s:g} s", file=out,
-              flush=True)
-        producer = _Thread(lambda: _produce(connection.endpoint, frames, interval_s, context), "edx-live-producer")
+        print(f"edx_live demo: service in {app.input_endpoint}, results on {app.output_endpoint}, control on "
+              f"{app.control_endpoint}; replaying {bundled_dataset().name} as {frames} frames, one every "
+              f"{interval_s:g} s", file=out, flush=True)
+        producer = _Thread(lambda: _produce(app.input_endpoint, frames, interval_s, app.sockets.context),
+                           "edx-live-producer")
         producer.start()
-        _print_until_final(sub, server, out, timeout_s)
+        _print_until_final(sub, app, out, timeout_s)
         producer.join()
-        for thread in (producer, server):
-            if thread.error is not None:
-                raise thread.error
-        if sessions is not None:
-            server.join(timeout=60)  # the session folder is started once the final refit is collected
-            sessions.join()
-            for folder in sessions.written:
-                print(f"edx_live demo: session folder {folder} (report.png, spectrum_image.hspy, maps, "
-                      "compositions as JSON and CSV)", file=out, flush=True)
+        if producer.error is not None:
+            raise producer.error
+        app.wait(timeout_s=120)  # the session folder is started once the final refit is collected
+        for folder in app.sessions.written if app.sessions is not None else []:
+            print(f"edx_live demo: session folder {folder} (report.png, spectrum_image.hspy, maps, "
+                  "compositions as JSON and CSV)", file=out, flush=True)
         if viewer is not None and hold:
             _hold(viewer, out)
     finally:
         if viewer is not None:
             viewer.stop()
-        service.stop()
-        server.join(timeout=30)
         sub.close(linger=0)
-        publisher.close()
+        app.close()
     return time.perf_counter() - t0
 
 
-def _print_until_final(sub: zmq.Socket, server: _Thread, out, timeout_s: float) -> None:
+def _print_until_final(sub: zmq.Socket, app: App, out, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.error is not None:
-            raise server.error
+        if app.error is not None:
+            raise app.error
         if not sub.poll(200):
             continue
         frames = sub.recv_multipart(copy=False)
         header, _ = decode_result(frames[1:])
-        if header.kind != "status":
+        if header.kind in PRINTED:
             print(format_document(header), file=out, flush=True)
         elif header.final:
             print(format_document(header), file=out, flush=True)

@@ -1,4 +1,4 @@
-"""Offline processing: replay a file through the same service in-process, then write its session folder."""
+"""Offline processing: a file or a recording through the same application in-process, then its session folder."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from pathlib import Path
 
 from edx_protocol import encode
 
-from edx_live.analysis import Analyzer
-from edx_live.export import acquisition_facts, main_settings, write_session
 from edx_live.logs import get_logger
-from edx_live.summary import build_summary
 
 from .publish import Collector
-from .service import Service
-from .transport import MemoryConnection
+from .transport import MarksEnd, MemoryConnection, RefitMark
 
 log = get_logger("service")
 
@@ -27,7 +23,7 @@ class _Feeder(threading.Thread):
     ``progress`` (a tqdm bar over the replay's sweeps) advances as each sweep's messages are taken.
     """
 
-    def __init__(self, replay, connection: MemoryConnection, on_error, progress=None):
+    def __init__(self, replay, connection: MemoryConnection, progress=None, on_error=lambda: None):
         super().__init__(name="edx-live-feeder", daemon=True)
         self.replay, self.connection, self.on_error = replay, connection, on_error
         self.progress = progress
@@ -50,6 +46,27 @@ class _Feeder(threading.Thread):
         done = self.replay.frames if header.kind == "stop" else getattr(header, "frame_index", 0)
         if done > self.progress.n:
             self.progress.update(done - self.progress.n)
+
+
+class _RecordingFeeder(_Feeder):
+    """Puts a recording's messages, and its refit markers as :class:`RefitMark`, on the connection."""
+
+    def __init__(self, recording, connection: MemoryConnection):
+        super().__init__(None, connection)
+        self.recording = recording
+
+    def run(self) -> None:
+        try:
+            for entry in self.recording:
+                if entry.kind == "message":
+                    self.connection.put(entry.frames)
+                elif entry.name == "refit":
+                    f = entry.fields
+                    self.connection.put(RefitMark(f["acquisition_id"], f["refit"], f["final"], f.get("elapsed_s")))
+            self.connection.put(MarksEnd())
+        except BaseException as exc:  # re-raised on the calling thread
+            self.error = exc
+            self.on_error()
 
 
 def _progress_bar(replay, progress: bool | None):
@@ -103,29 +120,47 @@ def process_replay(replay, out_dir: str | Path, settings, refit_every: int | Non
     dict
         The summary, as written to ``summary.json``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = offline_settings(settings, refit_every)
     connection = MemoryConnection(maxsize=256)
-    analyzer = Analyzer(settings)
-    service = Service(settings, connection, [Collector(), *subscribers], analyzer)
-    t0 = time.perf_counter()
     with _progress_bar(replay, progress) as bar:
-        feeder = _Feeder(replay, connection, service.stop, bar)
-        feeder.start()
-        service.run(stop_after=1)
-        feeder.join()
-    if feeder.error is not None:
-        raise feeder.error
-    elapsed = time.perf_counter() - t0
-    acq = service.ingest.current
-    acc = acq.accumulator
-    summary = build_summary(replay.path, acq, analyzer.latest, service, elapsed, files=[])
-    # A replay's wall time is how fast it was processed, not how long the sample was scanned.
-    facts = {**acquisition_facts(acq, None, str(replay.path)), "processing": f"{elapsed:.1f} s offline"}
-    write_session(out_dir, acq.start, acc.cube, acc.selection.offset_kev, acc.selection.scale_kev, analyzer.latest,
-                  image=getattr(acq, "image", None), image_detector=getattr(acq, "image_detector", None),
-                  settings=main_settings(settings), facts=facts, summary=summary)
-    log.info("processed", file=str(replay.path), out=str(out_dir), seconds=round(elapsed, 2))
-    return json.loads((out_dir / "summary.json").read_text())
+        feeder = _Feeder(replay, connection, bar)
+        return _run(connection, feeder, out_dir, settings, str(replay.path), subscribers)
 
+
+def process_recording(path: str | Path, out_dir: str | Path, settings, subscribers=()) -> dict:
+    """Analyse a recording (``serve --record``) exactly as the live service did, and write its session folder.
+
+    Every message goes in as it was received, and each refit is taken where the recording's ``refit``
+    markers say the live service took it, with the elapsed time it had then: the labels and
+    compositions equal the live run's. A recording without markers (or after the last one) refits
+    at the end only.
+    """
+    from edx_protocol.container import read_recording
+
+    recording = read_recording(path)  # RecordingError (a ValueError) names what is wrong
+    connection = MemoryConnection(maxsize=256)
+    connection.refits_marked = True
+    return _run(connection, _RecordingFeeder(recording, connection), out_dir, offline_settings(settings, None),
+                str(path), subscribers)
+
+
+def _run(connection: MemoryConnection, feeder, out_dir, settings, source: str, subscribers) -> dict:
+    from .app import App
+    from .sessions import SessionWriter
+
+    out_dir = Path(out_dir)
+    writer = SessionWriter(out_dir, settings, source=source, folder=out_dir, wall_time=False)
+    t0 = time.perf_counter()
+    with App(settings, connection=connection, publish=False, control=False, record=False,
+             subscribers=[Collector(), *subscribers], source=source, session_writer=writer) as app:
+        feeder.on_error = app.stop
+        feeder.start()
+        app.run(stop_after=1)
+        feeder.join()
+        if feeder.error is not None:
+            raise feeder.error
+        writer.join()
+    if not writer.written:
+        raise RuntimeError(f"the session folder {out_dir} was not written (see the log)")
+    log.info("processed", source=source, out=str(out_dir), seconds=round(time.perf_counter() - t0, 2))
+    return json.loads((out_dir / "summary.json").read_text())

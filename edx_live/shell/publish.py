@@ -16,6 +16,8 @@ from edx_protocol import encode, topic_for
 
 from edx_live.logs import get_logger
 
+from .sockets import Sockets, endpoint
+
 log = get_logger("publish")
 
 
@@ -31,18 +33,10 @@ class ZmqPublisher:
     socket must only be used by one at a time.
     """
 
-    def __init__(self, address: str, context: zmq.Context | None = None):
-        self._context = context or zmq.Context.instance()
-        self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.LINGER, 1000)
-        try:
-            self._socket.bind(address)
-        except zmq.ZMQError as exc:
-            self._socket.close()
-            raise OSError(f"cannot bind the result PUB socket to {address}: {exc}; choose another "
-                          f"output address (port * picks a free one)") from None
+    def __init__(self, address: str, context: zmq.Context | None = None, sockets: Sockets | None = None):
+        self._socket = (sockets or Sockets(context)).publisher(address)
         self._lock = threading.Lock()
-        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = endpoint(self._socket)
 
     def __call__(self, header, arrays: dict[str, np.ndarray] | None = None) -> None:
         frames = [topic(header)] + encode(header, arrays or {})

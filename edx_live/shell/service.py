@@ -16,6 +16,11 @@ never a queue of them), and once more, ``final``, when its acquisition stops.
 The count rate is sampled at every periodic status while acquiring (samples are
 at least an interval apart), so a stopped acquisition keeps its last rate.
 
+One poll waits on the input and the control socket together; a command is answered on this
+thread, between two messages (``edx_live.shell.control``), so it sees the state as it stands.
+A refit's snapshot is taken on this thread too, between two messages, so that it holds exactly
+the messages received before it: a recording (``--record``) notes where, and replays refit there.
+
 Warm-up (JIT compilation) runs on a thread of its own, so a refit, a stop's
 final refit included, never waits for it. On :meth:`Service.stop` the loop
 gives a running refit ``shutdown_grace_s`` to finish, then abandons it (its
@@ -26,18 +31,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 
 from edx_protocol import Gaps, Status
 
+import zmq
+
 from edx_live.config import ingest_options
-from edx_live.core.ingest import Acquisition, Ingest, Outcome
-from edx_live.documents import image_document
+from edx_live.core.ingest import Acquisition, Outcome
 from edx_live.core.snapshot import Snapshot, take_snapshot
 from edx_live.logs import ReasonLog, get_logger
+from edx_live.pipeline.documents import image_document
+from edx_live.pipeline.state import AcquisitionRecord, ServiceState
 
-from .transport import Connection
+from .transport import Connection, MarksEnd, RefitMark
 
 log = get_logger("ingest")
 refit_log = get_logger("service")
@@ -68,7 +75,7 @@ class _Job(threading.Thread):
 
 
 class Service:
-    """Runs ingest, refits and publishing until asked to stop.
+    """Runs ingest, refits, control and publishing until asked to stop.
 
     Parameters
     ----------
@@ -76,45 +83,71 @@ class Service:
     connection : Connection
         Where frames come from.
     subscribers : list of callables ``(header, arrays)``
-        Receive every document (status, clusters, composition, image).
-    analyze : callable ``Snapshot -> iterable of (header, arrays)``
+        Receive every document (status, clusters, composition, image, targets, advice).
+    analyze : callable ``(Snapshot, AcquisitionRecord) -> iterable of (header, arrays)``
         The refit: segmentation and quantification of one snapshot; documents are
         published as the iterable yields them.
     warm_up : callable, optional
         Run on a thread of its own at start-up (JIT compilation), beside ingest and refits.
     shutdown_grace_s : float
         How long :meth:`run` waits for a running refit once asked to stop.
-    on_finished : callable ``(acquisition, service, elapsed_s)``, optional
+    on_finished : callable ``(acquisition, record, elapsed_s)``, optional
         Called once an acquisition's final refit is done (a
         :class:`~edx_live.shell.sessions.SessionWriter` writes its folder).
+    control : zmq.Socket, optional
+        A bound REP socket; its commands are answered by :class:`~edx_live.shell.control.Controller`.
+    recorder : optional
+        Receives every message as it arrived (``message(frames, outcome)``) and where each refit was
+        taken (``marker("refit", fields)``): :class:`~edx_live.shell.record.Recorder`.
+    state : ServiceState, optional
+        What the service knows (default: empty).
     """
 
     def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze,
                  warm_up: Callable[[], object] | None = None, shutdown_grace_s: float = 3.0,
-                 on_finished: Callable[..., object] | None = None):
+                 on_finished: Callable[..., object] | None = None, control: zmq.Socket | None = None,
+                 recorder=None, state: ServiceState | None = None):
+        from .control import Controller
+
         self.settings = settings
         self.on_finished = on_finished
         self.connection = connection
         self.subscribers = list(subscribers)
         self.analyze = analyze
+        self.recorder = recorder
         self._warm_up = warm_up
         self.shutdown_grace_s = shutdown_grace_s
-        self.ingest = Ingest(ingest_options(settings))
-        self.finished = 0  # acquisitions stopped and finally refitted
-        self.refits = 0
-        self.refit_failures = 0  # whole refits that failed (the analyzer counts its own per workflow)
-        self.last_refit_s: float | None = None
+        self.state = state or ServiceState.with_options(ingest_options(settings))
+        self.controller = Controller(self, control) if control is not None else None
         self._stop = threading.Event()
         self._running: _Job | None = None
         self._rejects = ReasonLog(log, "message_rejected")
-        self._seq: Counter = Counter()
-        self._refit_index: Counter = Counter()
-        self._last_refit_at = 0.0
-        self._frames_at_refit: dict[str, int] = {}
-        self._counts_at_refit: dict[str, int] = {}
-        self._clock: dict[str, list[float]] = {}  # acquisition id -> [started at, stopped at]
         self._images_sent = 0  # image messages of the current acquisition in the last image published
         self._next_image = 0.0
+        self._refit_now = False  # asked by a control command
+        self._marks: list[RefitMark] = []  # refits a replayed recording asks for, in order
+        self._after_refit: list[Callable[[], object]] = []  # control changes waiting for the running refit
+
+    # what the status and the tests read ----------------------------------------------------------
+    @property
+    def ingest(self):
+        return self.state.ingest
+
+    @property
+    def refits(self) -> int:
+        return self.state.refits
+
+    @property
+    def finished(self) -> int:
+        return self.state.acquisitions_finished
+
+    @property
+    def last_refit_s(self) -> float | None:
+        return self.state.last_refit_s
+
+    @property
+    def refit_running(self) -> bool:
+        return self._running is not None
 
     def stop(self) -> None:
         """Ask the loop to end (thread-safe)."""
@@ -125,12 +158,11 @@ class Service:
         self.connection.open()
         if self._warm_up is not None:
             _Job(lambda: self._warm(self._warm_up), "edx-live-warm-up").start()
+        poller = self._poller()
         next_status = time.monotonic()
         try:
             while not self._stop.is_set():
-                frames = self.connection.recv(poll_s)
-                if frames is not None:
-                    self._receive(frames)
+                self._poll(poller, poll_s)
                 self._collect()
                 now = time.monotonic()
                 if now >= next_status:
@@ -144,6 +176,38 @@ class Service:
         finally:
             self._shut_down()
             self.connection.close()
+            if self.recorder is not None:
+                self.recorder.close()
+
+    def _poller(self) -> zmq.Poller | None:
+        """One poller over the input (when it is a socket) and the control socket."""
+        control = self.controller.socket if self.controller is not None else None
+        sockets = [s for s in (self.connection.socket, control) if s is not None]
+        if not sockets:
+            return None
+        poller = zmq.Poller()
+        for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
+        return poller
+
+    def _poll(self, poller: zmq.Poller | None, poll_s: float) -> None:
+        """Wait up to ``poll_s`` for a message or a command; handle what came."""
+        if self._marks:  # a recorded refit waits for the running one, and no message may pass it
+            if self._running is not None:
+                self._running.join(poll_s)
+            return
+        if poller is None:  # an in-memory input and no control socket
+            self._receive(self.connection.recv(poll_s))
+            return
+        if self.connection.socket is None:  # in-memory input beside a control socket: ask both in turn
+            ready = dict(poller.poll(0))
+            self._receive(self.connection.recv(0 if ready else poll_s))
+        else:
+            ready = dict(poller.poll(int(poll_s * 1000)))
+            if self.connection.socket in ready:
+                self._receive(self.connection.recv(0))
+        if self.controller is not None and self.controller.socket in ready:
+            self.controller.answer()
 
     def _shut_down(self) -> None:
         """Give a running refit ``shutdown_grace_s``, then abandon it and say what was lost."""
@@ -165,13 +229,24 @@ class Service:
     # ingest -----------------------------------------------------------------------------------
     def _receive(self, frames) -> None:
         """Ingest one message; whatever goes wrong, the loop and the accumulated counts survive."""
+        if frames is None:
+            return
+        if isinstance(frames, RefitMark):  # a replayed recording: refit where the live service did
+            self._marks.append(frames)
+            return
+        if isinstance(frames, MarksEnd):
+            self.connection.refits_marked = False
+            return
         try:
             outcome = self.ingest.receive(frames)
         except Exception:  # a bug, not bad input (that is an Outcome): count it and keep serving
             self.ingest.rejected["internal_error"] += 1
             log.exception("ingest_failed", frames=len(frames))
-            return
-        self._handle(outcome)
+            outcome = Outcome("rejected", reason="internal_error")
+        if self.recorder is not None:
+            self.recorder.message(frames, outcome)
+        if outcome.reason != "internal_error":
+            self._handle(outcome)
 
     def _handle(self, outcome: Outcome) -> None:
         if outcome.kind == "rejected":
@@ -192,13 +267,17 @@ class Service:
                             frames=replaced.frames, counts=replaced.accumulator.counts)
                 self._close(replaced)
             self._images_sent, self._next_image = 0, 0.0
-            self._last_refit_at = time.monotonic()
-            self._clock = {aid: t for aid, t in self._clock.items() if aid in self._open_ids()}
-            self._clock[acq.acquisition_id] = [self._last_refit_at]
+            self.state.prune()
+            self.state.last_refit_at = time.monotonic()
+            record = self.state.record(acq)
+            record.started_at = self.state.last_refit_at
+            if self.recorder is not None:
+                current = self.recorder.current
+                record.recording = str(current) if current is not None else None
             self.emit_status()
         elif outcome.kind == "stop":
             acq = self.ingest.current
-            self._clock.setdefault(acq.acquisition_id, [time.monotonic()]).append(time.monotonic())
+            self.state.record(acq).stopped_at = time.monotonic()
             log.info("acquisition_stop", acquisition_id=outcome.acquisition_id, frames=acq.frames,
                      counts=acq.accumulator.counts, reason=acq.stop_reason, missing=acq.missing)
             if acq.stop_frames != acq.frames:
@@ -235,59 +314,86 @@ class Service:
     def _schedule(self, now: float) -> None:
         if self._running is not None:
             return
+        while self._after_refit:  # control changes held back while a refit was running
+            self._after_refit.pop(0)()
+        if self._marks:
+            self._replay_mark(self._marks.pop(0))
+            return
+        if getattr(self.connection, "refits_marked", False):
+            return  # a replayed recording says where every refit goes, until it ends
         if self.ingest.pending:
             self._submit(self.ingest.pending[0], final=True)
             return
         acq = self.ingest.current
-        if acq is None or acq.state != "acquiring" or not self._due(acq, now):
+        if acq is None or acq.state != "acquiring" or not (self._refit_now or self._due(acq, now)):
             return
+        self._refit_now = False
         self._submit(acq, final=False)
 
+    def refit_soon(self) -> None:
+        """Refit the acquiring acquisition as soon as no refit runs (a control command)."""
+        self._refit_now = True
+
+    def when_idle(self, change: Callable[[], object]) -> bool:
+        """Run ``change`` now when no refit runs (True), else once the running refit is done (False)."""
+        if self._running is None:
+            change()
+            return True
+        self._after_refit.append(change)
+        return False
+
     def _due(self, acq: Acquisition, now: float) -> bool:
-        refit = self.settings.refit
+        refit, record = self.settings.refit, self.state.record(acq)
         counts = acq.accumulator.counts
-        if counts < refit.min_counts or counts == self._counts_at_refit.get(acq.acquisition_id, 0):
+        if counts < refit.min_counts or counts == record.counts_at_refit:
             return False
-        new_frames = acq.frames - self._frames_at_refit.get(acq.acquisition_id, 0)
-        return (now - self._last_refit_at >= refit.interval_s
+        new_frames = acq.frames - record.frames_at_refit
+        return (now - self.state.last_refit_at >= refit.interval_s
                 or (refit.every_frames is not None and new_frames >= refit.every_frames))
 
-    def _submit(self, acq: Acquisition, final: bool) -> None:
-        aid = acq.acquisition_id
-        index = self._refit_index[aid]
-        self._refit_index[aid] += 1
-        self._frames_at_refit[aid] = acq.frames
-        self._counts_at_refit[aid] = acq.accumulator.counts
-        self._last_refit_at = time.monotonic()
+    def _replay_mark(self, mark: RefitMark) -> None:
+        """Refit as the recording says the live service did, with its elapsed time."""
+        held = {a.acquisition_id: a for a in self.state.open}
+        acq = held.get(mark.acquisition_id)
+        if acq is None or (mark.final and acq.state == "acquiring"):
+            log.warning("refit_mark_unmatched", acquisition_id=mark.acquisition_id, refit=mark.refit,
+                        final=mark.final)
+            return
+        self._submit(acq, final=mark.final, elapsed_s=mark.elapsed_s)
+
+    def _submit(self, acq: Acquisition, final: bool, elapsed_s: float | None = None) -> None:
+        """Snapshot ``acq`` now, on this thread (between two messages), and refit it on a thread of its own."""
+        aid, record = acq.acquisition_id, self.state.record(acq)
+        index = record.refits
+        record.refits += 1
+        record.frames_at_refit, record.counts_at_refit = acq.frames, acq.accumulator.counts
+        self.state.last_refit_at = time.monotonic()
+        if elapsed_s is None:
+            elapsed_s = record.elapsed(self.state.last_refit_at)
         refit_log.info("refit_started", acquisition_id=aid, refit=index, final=final, frames=acq.frames,
                        counts=acq.accumulator.counts)
-        self._running = _Job(lambda: self._refit(acq, index, final), f"edx-live-refit-{aid}-{index}", acq, final)
+        if self.recorder is not None:
+            self.recorder.marker("refit", {"acquisition_id": aid, "refit": index, "final": final,
+                                           "elapsed_s": elapsed_s})
+        snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final, elapsed_s)
+        self._running = _Job(lambda: self._refit(snapshot, record), f"edx-live-refit-{aid}-{index}", acq, final)
         self._running.start()
 
-    def _refit(self, acq: Acquisition, index: int, final: bool) -> None:
+    def _refit(self, snapshot: Snapshot, record: AcquisitionRecord) -> None:
         t0 = time.perf_counter()
+        aid, index, final = snapshot.start.acquisition_id, snapshot.refit, snapshot.final
         try:
-            snapshot = take_snapshot(acq, self.settings.accumulate.spatial_bin, index, final, self._elapsed(acq))
-            for header, arrays in (self.analyze(snapshot) if snapshot.counts else ()):
+            for header, arrays in (self.analyze(snapshot, record) if snapshot.counts else ()):
+                record.documents[header.kind] = (header, arrays)
                 self.emit(header, arrays)  # each as soon as the refit yields it
         except Exception:  # contained: the next refit, and the acquisition, go on
-            self.refit_failures += 1
-            refit_log.exception("refit_failed", acquisition_id=acq.acquisition_id, refit=index, final=final)
+            self.state.refit_failures += 1
+            refit_log.exception("refit_failed", acquisition_id=aid, refit=index, final=final)
             return
         finally:
-            self.last_refit_s = time.perf_counter() - t0
-        refit_log.info("refit_done", acquisition_id=acq.acquisition_id, refit=index, final=final,
-                       frames=snapshot.frames, counts=snapshot.counts, seconds=round(self.last_refit_s, 3))
-
-    def _elapsed(self, acq: Acquisition) -> float | None:
-        """Seconds the acquisition has been acquiring (up to its stop), None if its start was not seen."""
-        clock = self._clock.get(acq.acquisition_id)
-        if not clock:
-            return None
-        return (clock[1] if len(clock) > 1 else time.monotonic()) - clock[0]
-
-    def _open_ids(self) -> set[str]:
-        return {a.acquisition_id for a in [self.ingest.current, *self.ingest.pending] if a is not None}
+            self.state.last_refit_s = time.perf_counter() - t0
+        refit_log.info("refit_done", acquisition_id=aid, refit=index, final=final, frames=snapshot.frames,
+                       counts=snapshot.counts, seconds=round(self.state.last_refit_s, 3))
 
     @staticmethod
     def _warm(warm_up) -> None:
@@ -303,23 +409,25 @@ class Service:
         self._running = None
         if job.error is not None:
             raise job.error  # not an Exception (those the refit contains): never lost
-        self.refits += 1
+        self.state.refits += 1
         if job.final:
-            self.ingest.release(job.acquisition)
-            self.finished += 1
-            self.emit(self.status(final=True, acq=job.acquisition))
+            acq = job.acquisition
+            record = self.state.record(acq)
+            self.emit(self.status(final=True, acq=acq))
             if self.on_finished is not None:
                 try:
-                    self.on_finished(job.acquisition, self, self._elapsed(job.acquisition))
+                    self.on_finished(acq, record, record.elapsed(time.monotonic()))
                 except Exception:  # contained like a subscriber's failure
-                    log.exception("on_finished_failed", acquisition_id=job.acquisition.acquisition_id)
+                    log.exception("on_finished_failed", acquisition_id=acq.acquisition_id)
+            self.state.release(acq)
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
         """Number a document on its topic and hand it to every subscriber."""
         key = (header.kind, getattr(header, "workflow", None))
-        header = header.model_copy(update={"seq": self._seq[key]})
-        self._seq[key] += 1
+        header = header.model_copy(update={"seq": self.state.published[key]})
+        self.state.published[key] += 1
+        self.state.latest[header.kind] = header
         for subscriber in self.subscribers:
             try:
                 subscriber(header, arrays or {})
@@ -337,7 +445,7 @@ class Service:
         """
         acq = acq or self.ingest.current
         base = dict(seq=0, refits=self.refits, last_refit_s=self.last_refit_s, final=final,
-                    refit_errors=getattr(self.analyze, "errors", 0) + self.refit_failures,
+                    refit_errors=getattr(self.analyze, "errors", 0) + self.state.refit_failures,
                     rejected=dict(self.ingest.rejected))
         if acq is None:
             return Status(acquisition_id=None, frames=0, counts=0, state="idle", messages=0, **base)

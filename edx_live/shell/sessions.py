@@ -43,30 +43,46 @@ def check_writable(root: Path) -> Path:
 
 
 class SessionWriter:
-    """Writes each finished acquisition's session folder under ``root``.
+    """Writes each finished acquisition's session folder under ``root``, on a thread of its own.
+
+    The service calls it once an acquisition's final refit is done (``on_finished``); the control
+    command ``export`` calls :meth:`export` for an acquisition still running. Offline processing
+    uses the same writer with ``folder`` fixed.
 
     Parameters
     ----------
     root : Path
     settings : edx_live.config.Settings
         For the report's settings section.
-    latest : callable
-        Returns the analyzer's newest results by workflow (``Analyzer.latest``).
     source : str
-        Where the acquisition came from (the input endpoint), for the report.
+        Where the acquisition came from (the input endpoint, a file), for the report.
+    folder : Path, optional
+        Write every acquisition to this folder (offline processing) instead of ``root/<id>``.
+    wall_time : bool
+        The report gives the acquisition's duration; False: it says how long processing took
+        (a replay's wall time is how fast it was processed, not how long the sample was scanned).
     """
 
-    def __init__(self, root: Path, settings, latest, source: str = ""):
+    def __init__(self, root: Path, settings, source: str = "", folder: Path | None = None, wall_time: bool = True):
         self.root = check_writable(root)
-        self.settings, self._latest, self.source = settings, latest, source
+        self.settings, self.source, self.folder, self.wall_time = settings, source, folder, wall_time
         self.written: list[Path] = []
         self._threads: list[threading.Thread] = []
 
-    def __call__(self, acq, service, elapsed_s: float | None) -> threading.Thread:
-        latest = {wf: out for wf, out in dict(self._latest()).items()
-                  if out.snapshot.start.acquisition_id == acq.acquisition_id}
-        folder = session_folder(self.root, acq.acquisition_id)
-        thread = threading.Thread(target=self._write, args=(folder, acq, latest, service, elapsed_s),
+    def __call__(self, acq, record, elapsed_s: float | None) -> threading.Thread:
+        folder = self.folder or session_folder(self.root, acq.acquisition_id)
+        record.session_folder = str(folder)
+        return self._start(folder, acq, acq.accumulator.cube, dict(record.outputs), record.refits, elapsed_s)
+
+    def export(self, acq, record, folder: Path | None = None) -> Path:
+        """Write ``acq``'s folder now, from a copy of its counts and its latest results; return the folder."""
+        folder = folder or session_folder(self.root, acq.acquisition_id)
+        cube = acq.accumulator.cube.copy()  # ingest goes on while the folder is written
+        self._start(folder, acq, cube, dict(record.outputs), record.refits, record.elapsed(time.monotonic()))
+        return folder
+
+    def _start(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s) -> threading.Thread:
+        thread = threading.Thread(target=self._write, args=(folder, acq, cube, outputs, refits, elapsed_s),
                                   name=f"edx-live-session-{acq.acquisition_id}", daemon=True)
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -78,18 +94,20 @@ class SessionWriter:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _write(self, folder: Path, acq, latest: dict, service, elapsed_s: float | None) -> None:
+    def _write(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s: float | None) -> None:
         from edx_live.export import acquisition_facts, main_settings, write_session
-        from edx_live.summary import build_summary
+        from edx_live.export.summary import build_summary
 
         t0 = time.perf_counter()
         try:
-            acc = acq.accumulator
-            summary = build_summary(self.source, acq, latest, service, elapsed_s or 0.0, files=[])
-            write_session(folder, acq.start, acc.cube, acc.selection.offset_kev, acc.selection.scale_kev, latest,
+            sel = acq.accumulator.selection
+            summary = build_summary(self.source, acq, outputs, refits, elapsed_s or 0.0, files=[])
+            facts = acquisition_facts(acq, elapsed_s if self.wall_time else None, self.source)
+            if not self.wall_time:
+                facts["processing"] = f"{elapsed_s or 0.0:.1f} s offline"
+            write_session(folder, acq.start, cube, sel.offset_kev, sel.scale_kev, outputs,
                           image=acq.image, image_detector=acq.image_detector,
-                          settings=main_settings(self.settings),
-                          facts=acquisition_facts(acq, elapsed_s, self.source), summary=summary)
+                          settings=main_settings(self.settings), facts=facts, summary=summary)
         except Exception:  # contained: the service goes on; the log says which acquisition lost its folder
             log.exception("session_not_written", acquisition_id=acq.acquisition_id, folder=str(folder))
             return

@@ -8,6 +8,7 @@ same service in-process (offline processing, tests).
 from __future__ import annotations
 
 import queue
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,8 +16,30 @@ import zmq
 
 from edx_live.core.ingest import IngestOptions
 
+from .sockets import Sockets, endpoint
+
+
+@dataclass(frozen=True)
+class RefitMark:
+    """Put on a :class:`MemoryConnection` between messages: refit here (a recording's ``refit`` marker)."""
+
+    acquisition_id: str
+    refit: int
+    final: bool
+    elapsed_s: float | None = None
+
+
+@dataclass(frozen=True)
+class MarksEnd:
+    """Put on a :class:`MemoryConnection` after the last mark: the service schedules refits itself again."""
+
 
 class Connection(Protocol):
+    """Where messages come from. A connection over a ZeroMQ socket exposes it as ``socket``, so the
+    service polls it together with its control socket; others (``socket = None``) are asked in turn."""
+
+    socket: zmq.Socket | None
+
     def open(self) -> None: ...
 
     def recv(self, timeout_s: float) -> list | None: ...
@@ -25,7 +48,7 @@ class Connection(Protocol):
 
 
 class ZmqConnection:
-    """A PULL or SUB socket that binds or connects.
+    """A PULL or SUB socket (from :class:`~edx_live.shell.sockets.Sockets`) that binds or connects.
 
     Parameters
     ----------
@@ -39,68 +62,64 @@ class ZmqConnection:
         ``ZMQ_MAXMSGSIZE``: ZeroMQ drops a larger frame unread and closes that connection,
         so queue memory stays below about ``high_water_mark * max_message_bytes``.
     context : zmq.Context, optional
+    sockets : Sockets, optional
+        The factory that makes the socket (default: one on ``context``).
     """
 
     def __init__(self, address: str, kind: str = "pull", bind: bool = True, high_water_mark: int = 100,
-                 context: zmq.Context | None = None, max_message_bytes: int = IngestOptions.max_message_bytes):
+                 context: zmq.Context | None = None, max_message_bytes: int = IngestOptions.max_message_bytes,
+                 sockets: Sockets | None = None):
         self.address, self.kind, self.bind, self.hwm = address, kind, bind, high_water_mark
         self.max_message_bytes = max_message_bytes
-        self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
-        self._poller = zmq.Poller()
+        self._sockets = sockets or Sockets(context)
+        self.socket: zmq.Socket | None = None
 
     @property
     def endpoint(self) -> str:
         """The endpoint actually bound or connected (with the port chosen for ``*``)."""
-        return self._socket.getsockopt_string(zmq.LAST_ENDPOINT) if self._socket else self.address
+        return endpoint(self.socket) if self.socket is not None else self.address
 
     def open(self) -> None:
-        if self._socket is not None:
-            return
-        sock = self._context.socket(zmq.PULL if self.kind == "pull" else zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, self.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.kind == "sub":
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-        try:
-            sock.bind(self.address) if self.bind else sock.connect(self.address)
-        except zmq.ZMQError as exc:
-            sock.close()
-            verb = "bind" if self.bind else "connect"
-            raise OSError(f"cannot {verb} the input {self.kind.upper()} socket to {self.address}: {exc}; "
-                          f"choose another input address (port * picks a free one)") from None
-        self._socket = sock
-        self._poller.register(sock, zmq.POLLIN)
+        if self.socket is None:
+            self.socket = self._sockets.input(self.address, self.kind, self.bind, self.hwm, self.max_message_bytes)
 
     def recv(self, timeout_s: float) -> list | None:
-        if not self._poller.poll(int(timeout_s * 1000)):
+        if timeout_s > 0 and not self.socket.poll(int(timeout_s * 1000)):
             return None
-        return self._socket.recv_multipart(copy=False)
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._poller.unregister(self._socket)
-            self._socket.close(linger=0)
-            self._socket = None
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
 
 
 class MemoryConnection:
-    """An in-process queue of multipart messages; ``None`` put on it is ignored."""
+    """An in-process queue of multipart messages; ``None`` put on it is ignored.
+
+    ``refits_marked``: the service refits only where a :class:`RefitMark` on the queue says,
+    until a :class:`MarksEnd` (a recording replayed as the live service analysed it).
+    """
+
+    socket = None
 
     def __init__(self, maxsize: int = 0):
         self._queue: queue.Queue = queue.Queue(maxsize)
+        self.refits_marked = False
 
-    def put(self, frames: Sequence) -> None:
-        """Queue one message (a list of bytes-like frames), blocking when full."""
-        self._queue.put(list(frames))
+    def put(self, frames: Sequence | RefitMark | MarksEnd) -> None:
+        """Queue one message (a list of bytes-like frames) or a mark, blocking when full."""
+        self._queue.put(frames if isinstance(frames, (RefitMark, MarksEnd)) else list(frames))
 
     def open(self) -> None:
         pass
 
     def recv(self, timeout_s: float) -> list | None:
         try:
-            return self._queue.get(timeout=timeout_s)
+            return self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
             return None
 

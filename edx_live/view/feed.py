@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import zmq
 from edx_protocol import ProtocolError, decode_result
 
+from edx_live.shell.sockets import Sockets
 from edx_live.core.rate import CountRate
 from edx_live.logs import get_logger
 
@@ -78,13 +79,7 @@ class Feed:
                          s.count_rate, s.received, s.malformed, s.last_message_s, s.version)
 
     def _run(self) -> None:
-        sub = self._context.socket(zmq.SUB)
-        sub.setsockopt(zmq.RCVHWM, 64)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        for topic in SUBSCRIBED:
-            sub.setsockopt(zmq.SUBSCRIBE, topic)
-        sub.connect(self.endpoint)
+        sub = Sockets(self._context).subscriber(self.endpoint, SUBSCRIBED)
         log.info("view_subscribed", endpoint=self.endpoint)
         try:
             while not self._stop.is_set():

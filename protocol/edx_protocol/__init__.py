@@ -13,6 +13,7 @@ from .acquisition import (
     EnergyAxis,
     EventsFrame,
     Image,
+    StagePosition,
     Start,
     Stop,
     VeloxFrame,
@@ -21,7 +22,9 @@ from .check import RULES, DocumentChecker, Inconsistency, check_document
 from .codec import Decoded, ProtocolError, decode, decode_result, describe, encode
 from .results import (
     NOISE_LABEL,
+    TARGET_REASONS,
     WORKFLOWS,
+    Advice,
     ClusterComposition,
     ClusterInfo,
     Clusters,
@@ -29,17 +32,20 @@ from .results import (
     ElementResult,
     Gaps,
     MeanImage,
+    Plan,
     Status,
+    Target,
+    Targets,
     TimeToTarget,
     topic_for,
 )
 from .version import PROTOCOL_VERSION
 
 __all__ = [
-    "PROTOCOL_VERSION", "VELOX_NEXT_PIXEL", "NOISE_LABEL", "WORKFLOWS",
+    "PROTOCOL_VERSION", "VELOX_NEXT_PIXEL", "NOISE_LABEL", "WORKFLOWS", "TARGET_REASONS",
     "AcquisitionMessage", "ArrayDescriptor", "DenseFrame", "Detector", "EnergyAxis", "EventsFrame",
-    "Image", "Start", "Stop", "VeloxFrame", "Status", "MeanImage", "Clusters", "ClusterInfo", "Composition",
-    "ClusterComposition", "ElementResult", "TimeToTarget", "Gaps", "Decoded", "ProtocolError",
+    "Image", "StagePosition", "Start", "Stop", "VeloxFrame", "Status", "MeanImage", "Clusters", "ClusterInfo", "Composition",
+    "ClusterComposition", "ElementResult", "TimeToTarget", "Gaps", "Targets", "Target", "Plan", "Advice", "Decoded", "ProtocolError",
     "decode", "decode_result", "describe", "encode", "topic_for",
     "RULES", "DocumentChecker", "Inconsistency", "check_document",
 ]

@@ -8,6 +8,7 @@ generated from them (``python -m edx_protocol.generate``).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -139,6 +140,29 @@ class Detector(_Model):
     solid_angle_sr: wire_float(gt=0) | None = Field(default=None, description="Collection solid angle, in sr.")
 
 
+#: Largest stage coordinate, m: a stage travels a few mm; 1 m leaves room for any unit mistake to show.
+MAX_STAGE_M = 1.0
+
+#: Largest angle, rad: one full turn either way.
+MAX_ANGLE_RAD = 2 * math.pi
+
+
+class StagePosition(_Model):
+    """Where the specimen stage was when the scan was taken, in the microscope's stage frame.
+
+    Lengths in metres and angles in radians, as ThermoFisher AutoScript reports them
+    (its ``StagePosition`` x, y, z, a, b). Every coordinate is optional.
+    """
+
+    x: wire_float(ge=-MAX_STAGE_M, le=MAX_STAGE_M) | None = Field(default=None, description="Stage x, in m.")
+    y: wire_float(ge=-MAX_STAGE_M, le=MAX_STAGE_M) | None = Field(default=None, description="Stage y, in m.")
+    z: wire_float(ge=-MAX_STAGE_M, le=MAX_STAGE_M) | None = Field(default=None, description="Stage z (height), in m.")
+    alpha: wire_float(ge=-MAX_ANGLE_RAD, le=MAX_ANGLE_RAD) | None = Field(
+        default=None, description="Tilt about the stage's x axis (alpha), in rad.")
+    beta: wire_float(ge=-MAX_ANGLE_RAD, le=MAX_ANGLE_RAD) | None = Field(
+        default=None, description="Tilt about the stage's y axis (beta, double-tilt holders), in rad.")
+
+
 class _Header(_Model):
     model_config = ConfigDict(json_schema_extra=_wire_json_schema)
 
@@ -169,6 +193,12 @@ class Start(_Header):
                                   description="X-ray lines to quantify, HyperSpy style, e.g. Fe_Ka.")
     instrument: wire_str(max_length=1024) | None = None
     title: wire_str(max_length=1024) | None = None
+    field_of_view_m: wire_float(gt=0, le=MAX_STAGE_M) | None = Field(
+        default=None, description="Horizontal field width: the scan's extent along its columns, in m.")
+    scan_rotation_rad: wire_float(ge=-MAX_ANGLE_RAD, le=MAX_ANGLE_RAD) | None = Field(
+        default=None, description="Scan rotation: the angle from the stage's x axis to the scan's column "
+                                  "direction, counter-clockwise, in rad.")
+    stage_position: StagePosition | None = Field(default=None, description="The stage when the scan was taken.")
     arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
                                           description="Always empty: a start carries no buffer.")
 

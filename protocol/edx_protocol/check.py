@@ -75,7 +75,7 @@ def check_document(header, arrays: dict[str, np.ndarray] | None = None) -> list[
 
     Parameters
     ----------
-    header : edx_protocol.Status, Clusters or Composition
+    header : edx_protocol.Status, Clusters, Composition, MeanImage, Targets or Advice
         As returned by ``edx_protocol.decode_result``.
     arrays : dict of str to numpy.ndarray, optional
         Its buffers by name.
@@ -91,7 +91,8 @@ def check_document(header, arrays: dict[str, np.ndarray] | None = None) -> list[
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             problems.append(f"arrays.finite: {name} has {int(np.count_nonzero(~np.isfinite(array)))} "
                             "non-finite values")
-    by_kind = {"status": _status, "clusters": _clusters, "composition": _composition, "image": _image}
+    by_kind = {"status": _status, "clusters": _clusters, "composition": _composition, "image": _image,
+               "targets": _targets, "advice": _advice}
     return problems + by_kind[header.kind](header, arrays)
 
 
@@ -233,6 +234,14 @@ def _image(h, arrays) -> list[str]:
     return problems
 
 
+def _targets(h, arrays) -> list[str]:
+    return []
+
+
+def _advice(h, arrays) -> list[str]:
+    return []
+
+
 def _where(h) -> str:
     """The document a problem belongs to, for the problem's message."""
     workflow = getattr(h, "workflow", None)
@@ -309,6 +318,12 @@ class DocumentChecker:
         self._image_sweeps[h.acquisition_id] = h.sweeps
         if last is not None and h.sweeps < last:
             return [f"image.sweeps: {h.sweeps} sweeps after {last}"]
+        return []
+
+    def _after_targets(self, h) -> list[str]:
+        return []
+
+    def _after_advice(self, h) -> list[str]:
         return []
 
     def _after_clusters(self, h) -> list[str]:

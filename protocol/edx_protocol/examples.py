@@ -12,11 +12,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .acquisition import (VELOX_NEXT_PIXEL, DenseFrame, Detector, EnergyAxis, EventsFrame, Image, Start, Stop,
-                          VeloxFrame)
+from .acquisition import (VELOX_NEXT_PIXEL, DenseFrame, Detector, EnergyAxis, EventsFrame, Image, StagePosition,
+                          Start, Stop, VeloxFrame)
 from .codec import describe, encode
 from .results import (
     NOISE_LABEL,
+    Advice,
     ClusterComposition,
     ClusterInfo,
     Clusters,
@@ -25,13 +26,20 @@ from .results import (
     TimeToTarget,
     Gaps,
     MeanImage,
+    Plan,
     Status,
+    Target,
+    Targets,
     topic_for,
 )
 
 ACQUISITION_ID = "golden-0001"
 SCAN_SHAPE = (4, 6)
 ENERGY_AXIS = EnergyAxis(offset_kev=0.0, scale_kev=0.625, channels=32)
+#: The scan's geometry as a controller reports it: 6 columns of 0.5 nm, rotated 90 degrees, stage in metres.
+FIELD_OF_VIEW_M = 3e-09
+SCAN_ROTATION_RAD = 1.5707963267948966
+STAGE = StagePosition(x=1.25e-05, y=-4e-06, z=1e-07, alpha=0.05, beta=0.0)
 
 
 class Example(NamedTuple):
@@ -61,8 +69,10 @@ def _start() -> Example:
     header = Start(acquisition_id=ACQUISITION_ID, seq=0, scan_shape=SCAN_SHAPE, energy_axis=ENERGY_AXIS,
                    beam_energy_kev=200.0, detectors=detectors, pixel_size=0.5, pixel_unit="nm",
                    dwell_time_s=1e-05, expected_frames=3, elements=["Fe", "Pt"], xray_lines=["Fe_Ka", "Pt_La"],
-                   instrument="example Super-X STEM", title="golden example acquisition")
-    return Example("start", "Start of a 4 x 6 scan, 32 channels of 0.625 keV, four detectors.", header, {})
+                   instrument="example Super-X STEM", title="golden example acquisition",
+                   field_of_view_m=FIELD_OF_VIEW_M, scan_rotation_rad=SCAN_ROTATION_RAD, stage_position=STAGE)
+    return Example("start", "Start of a 4 x 6 scan, 32 channels of 0.625 keV, four detectors, with the "
+                            "field of view, scan rotation and stage position.", header, {})
 
 
 def _events() -> Example:
@@ -201,6 +211,36 @@ def _mean_image() -> Example:
                    topic_for("image"))
 
 
+def _targets() -> Example:
+    # Box rows 2-4, columns 0-4 of the 4 x 6 scan: centre (row 3, column 2) is 1 row below and 1 column
+    # left of the scan centre (2, 3): scan (x, y) = (-0.5 nm, -0.5 nm), rotated 90 degrees: (0.5 nm, -0.5 nm).
+    plan = Plan(plan_name="edx_spectrum_image", kwargs={
+        "region_px": [2, 0, 4, 4], "centre_px": [3.0, 2.0], "size_px": [2, 4], "centre_offset_m": [5e-10, -5e-10],
+        "field_of_view_m": 2e-09, "dwell_time_s": 1e-05, "frames": 27})
+    target = Target(rank=1, score=0.875, reasons=["rare_cluster", "boundary"], workflows=["pca-gmm", "umap-hdbscan"],
+                    clusters={"pca-gmm": [1], "umap-hdbscan": [1]}, box_px=(2, 0, 4, 4), box=(1.0, 0.0, 2.0, 2.0),
+                    centre_offset_m=(5e-10, -5e-10), stage_target=(1.25005e-05, -4.0005e-06), sweeps=27.0,
+                    seconds=0.00216, dwell_time_s=1e-05,
+                    dose_basis="time_to_target of pca-gmm cluster 1: 9 times the 3 sweeps so far, at the start's dwell",
+                    plan=plan)
+    header = Targets(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=22, final=True, refit=2,
+                     scan_shape=SCAN_SHAPE, pixel_size=0.5, pixel_unit="nm", field_of_view_m=FIELD_OF_VIEW_M,
+                     scan_rotation_rad=SCAN_ROTATION_RAD, stage_position=STAGE, targets=[target])
+    return Example("targets", "Follow-up targets of the final refit: one box of 2 x 4 scan pixels both workflows "
+                              "support, with its stage position and the plan that would acquire it.",
+                   header, {}, topic_for("targets"))
+
+
+def _advice() -> Example:
+    header = Advice(acquisition_id=ACQUISITION_ID, seq=1, frames=3, counts=22, final=False, refit=2, stop=False,
+                    reason="not_yet", converged={"pca-gmm": True, "umap-hdbscan": False}, sigma_reached=False,
+                    predicted_seconds=12.0, budget_s=60.0, elapsed_s=1.5, limiting="pca-gmm cluster 0: Fe",
+                    message="keep acquiring: umap-hdbscan has not converged; about 12 s more until every "
+                            "sigma reaches 1 at% (pca-gmm cluster 0: Fe)")
+    return Example("advice", "Stop advice after refit 2: keep acquiring, one map has not converged and the "
+                             "sigmas need about 12 s more, within the 60 s budget.", header, {}, topic_for("advice"))
+
+
 def result_examples() -> list[Example]:
     """The golden published documents (their frames start with the topic)."""
-    return [_status(), _clusters(), _composition(), _mean_image()]
+    return [_status(), _clusters(), _composition(), _mean_image(), _targets(), _advice()]

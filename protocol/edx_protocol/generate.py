@@ -37,7 +37,7 @@ _SCHEMAS = {
                     "Header (first frame) of a message a producer sends: start, frame, image or stop."),
     "results": (ResultDocument, "published result document header",
                 "Header (frame after the topic) of a document the service publishes: status, clusters, "
-                "composition or image."),
+                "composition, image, targets or advice."),
 }
 _LENGTH = struct.Struct("<I")
 

@@ -1,4 +1,5 @@
-"""Documents the service publishes: status, cluster maps, compositions, the simultaneous image.
+"""Documents the service publishes: status, cluster maps, compositions, the simultaneous image,
+follow-up targets and stop advice.
 
 Each is sent on the service's PUB socket as ``[topic, header, *buffers]``; the
 topic strings are in ``TOPICS``. Subscribe to a prefix (``b"clusters/"``) to
@@ -11,7 +12,8 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .acquisition import AcquisitionId, ArrayDescriptor, ArraySpec, _Model, _wire_json_schema, check_arrays
+from .acquisition import (AcquisitionId, ArrayDescriptor, ArraySpec, StagePosition, _Model, _wire_json_schema,
+                          check_arrays)
 from .version import PROTOCOL_VERSION
 
 WORKFLOWS = ("pca-gmm", "umap-hdbscan")
@@ -22,11 +24,13 @@ TOPICS = {
     "clusters": "clusters/{workflow}",
     "composition": "composition/{workflow}",
     "image": "image",
+    "targets": "targets",
+    "advice": "advice",
 }
 
 
 def topic_for(kind: str, workflow: str | None = None) -> bytes:
-    """ZeroMQ topic of a published document kind (``status``, ``clusters``, ``composition``, ``image``)."""
+    """ZeroMQ topic of a published document kind (a key of ``TOPICS``); ``workflow`` for clusters and composition."""
     return TOPICS[kind].format(workflow=workflow).encode()
 
 
@@ -232,6 +236,92 @@ class MeanImage(_Document):
         return self
 
 
-ResultDocument = Annotated[Union[Status, Clusters, Composition, MeanImage], Field(discriminator="kind")]
+#: Why a region is worth a closer look (protocol/SPEC.md 7.6).
+TargetReason = Literal["small_cluster", "rare_cluster", "low_confidence", "boundary", "sigma_above_target",
+                       "outlier"]
+TARGET_REASONS = ("small_cluster", "rare_cluster", "low_confidence", "boundary", "sigma_above_target", "outlier")
+
+#: A value a plan takes: a number, a string, a flag, a list of numbers, or null.
+PlanValue = Union[bool, int, float, str, list[int], list[float], None]
+
+
+class Plan(_Model):
+    """A plan to run, shaped as a bluesky-adaptive suggestion: ``plan_name(*args, **kwargs)``."""
+
+    plan_name: str = Field(description="Name of the plan the controller runs, e.g. edx_spectrum_image.")
+    args: list[PlanValue] = Field(default_factory=list, description="Positional arguments.")
+    kwargs: dict[str, PlanValue] = Field(default_factory=dict, description="Keyword arguments.")
+
+
+class Target(_Model):
+    """One region worth a higher-resolution look, with what it would take to look at it."""
+
+    rank: int = Field(ge=1, description="1 for the best target; targets are listed by rank.")
+    score: float = Field(ge=0, le=1, description=(
+        "1 - product over the candidates merged into the target of (1 - weight x strength): each candidate "
+        "(one reason found by one workflow) has a strength from 0 to 1 and its reason a configured weight."))
+    reasons: list[TargetReason] = Field(min_length=1, description="Why the region is interesting.")
+    workflows: list[Workflow] = Field(min_length=1, description="The workflows whose maps support the target.")
+    clusters: dict[str, list[int]] = Field(
+        default_factory=dict, description="By workflow: the cluster ids (labels of its clusters document) involved.")
+    box_px: tuple[int, int, int, int] = Field(
+        description="(row0, col0, row1, col1) in scan pixels, end-exclusive.")
+    box: tuple[float, float, float, float] | None = Field(
+        default=None, description="box_px times pixel_size, in pixel_unit; None without a pixel size.")
+    centre_offset_m: tuple[float, float] | None = Field(
+        default=None, description="(x, y) of the box centre from the scan centre, in m, in the stage frame "
+                                  "(scan x along the columns, y against the rows, rotated by scan_rotation_rad); "
+                                  "None when the pixel size in metres is unknown.")
+    stage_target: tuple[float, float] | None = Field(
+        default=None, description="(x, y) stage position of the box centre, in m: stage_position plus "
+                                  "centre_offset_m; None without a stage position.")
+    sweeps: float | None = Field(default=None, ge=0, description=(
+        "Sweeps of the box at dwell_time_s for its clusters' compositions to reach the target sigma; "
+        "None when no cluster of it has a time to target."))
+    seconds: float | None = Field(default=None, ge=0, description="Acquisition time of those sweeps over the box, s.")
+    dwell_time_s: float | None = Field(default=None, gt=0, description="Dwell per pixel and sweep, s.")
+    dose_basis: str = Field(default="", description="Where sweeps, seconds and dwell come from, in words.")
+    plan: Plan = Field(description="The acquisition to run, as a bluesky-adaptive suggestion.")
+
+
+class Targets(_Document):
+    """After a refit: the regions worth a higher-resolution look, best first, and the scan's geometry."""
+
+    kind: Literal["targets"] = "targets"
+    refit: int = Field(ge=0, description="The refit whose maps the targets come from.")
+    scan_shape: tuple[int, int] = Field(description="(rows, columns) of the scan, from the start.")
+    pixel_size: float | None = Field(default=None, description="Scan step, in pixel_unit (from the start).")
+    pixel_unit: str = Field(default="nm", description="Unit of pixel_size (from the start).")
+    field_of_view_m: float | None = Field(default=None, description="Horizontal field width, m (from the start).")
+    scan_rotation_rad: float | None = Field(default=None, description="Scan rotation, rad (from the start).")
+    stage_position: StagePosition | None = Field(default=None, description="The stage (from the start).")
+    targets: list[Target] = Field(default_factory=list, description="By rank, best first; may be empty.")
+
+
+class Advice(_Document):
+    """After a refit: whether to stop acquiring, and why."""
+
+    kind: Literal["advice"] = "advice"
+    refit: int = Field(ge=0, description="The refit the advice follows.")
+    stop: bool = Field(description="True when the acquisition can stop.")
+    reason: Literal["converged_and_precise", "budget_exceeded", "target_unreachable", "not_yet"] = Field(
+        description="converged_and_precise: every map converged and every sigma reached its target; "
+                    "budget_exceeded: the time budget is spent, or the time still needed would exceed it; "
+                    "target_unreachable: the maps converged but a sigma cannot reach its target by acquiring "
+                    "longer; not_yet: keep acquiring.")
+    converged: dict[str, bool] = Field(default_factory=dict, description="By workflow: its map has converged.")
+    sigma_reached: bool = Field(description=(
+        "Every detected element of every cluster (empty-space clusters aside) has its sigma at most the target."))
+    predicted_seconds: float | None = Field(default=None, ge=0, description=(
+        "Acquisition time until every sigma reaches its target: the largest over clusters; None when unknown "
+        "or unreachable."))
+    budget_s: float | None = Field(default=None, gt=0, description="The configured time budget, s; None: none.")
+    elapsed_s: float | None = Field(default=None, ge=0, description="Acquisition time so far, s, when known.")
+    limiting: str | None = Field(default=None, description="The cluster and element that need the longest.")
+    message: str = Field(default="", description="The advice in words.")
+
+
+ResultDocument = Annotated[Union[Status, Clusters, Composition, MeanImage, Targets, Advice],
+                           Field(discriminator="kind")]
 
 NOISE_LABEL = 65535

@@ -1,8 +1,10 @@
 """One refit: both segmentations of a snapshot, then the composition of every cluster.
 
-:class:`Analyzer` is the callable the service runs in its refit thread. It
-keeps the latest result per workflow so that offline processing can export
-them. It imports no sockets.
+:class:`Analyzer` is the callable the service runs in its refit thread. What a refit
+carries over to the next (the latest result per workflow, convergence, the quantification
+set-up) lives in the acquisition's :class:`~edx_live.pipeline.state.AcquisitionRecord`, which
+the caller passes; without one, the analyzer keeps a record of the last acquisition it saw.
+It imports no sockets.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 from edx_protocol import Start
 
 from edx_live.core.snapshot import Snapshot
-from edx_live.documents import clusters_document, composition_document
+from edx_live.pipeline.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
+from edx_live.pipeline.state import AcquisitionRecord
 from edx_live.quantify import ClusterQuantifier, QuantifyOptions
 from edx_live.quantify.composition import Setup
 from edx_live.quantify.kfactors import USER_KFACTORS
@@ -26,6 +29,7 @@ from edx_live.quantify.setup import acquisition_setup, with_peaks_of
 from edx_live.quantify.lines import highest_line_kev
 from edx_live.segment import PcaGmm, UmapHdbscan, segment
 from edx_live.segment.result import SegmentationResult
+from edx_live.suggest import follow_up_targets, stop_advice, targets_document
 from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, match_clusters, row_labels
 
 #: Channels fitted reach this far above the highest line of interest (about 3 FWHM at 10 keV).
@@ -66,15 +70,9 @@ class Analyzer:
     """
 
     def __init__(self, settings):
-        self.settings = settings
-        self.latest: dict[str, WorkflowOutput] = {}
         self.errors = 0
-        self._convergence: dict[str, ConvergenceTracker] = {}
-        self._quantifier = ClusterQuantifier(quantify_options(settings.quantify))
-        self._setups: dict = {}
-        q = settings.quantify
-        self._user_kfactors = q.user_kfactors()  # the table is read once, at start-up
-        self._user_source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
+        self._record: AcquisitionRecord | None = None  # when the caller passes none
+        self.reconfigure(settings)
 
     def estimator(self, workflow: str, start: Start | None = None, energy_end_kev: float | None = None):
         """A fresh, unfitted estimator for ``workflow``.
@@ -108,34 +106,72 @@ class Analyzer:
         top = highest_line_kev(set(elements), min(start.beam_energy_kev, energy_end_kev)) if elements else None
         return None if top is None else top + LINE_MARGIN_KEV
 
-    def __call__(self, snapshot: Snapshot) -> Iterator[tuple]:
-        """Yield each document of the refit as soon as it is ready.
+    def reconfigure(self, settings) -> None:
+        """Use ``settings`` from the next refit on (a running refit keeps the ones it started with)."""
+        self.settings = settings
+        self._quantifier = ClusterQuantifier(quantify_options(settings.quantify))
+        q = settings.quantify
+        self._user_kfactors = q.user_kfactors()
+        self._user_source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
+
+    @property
+    def latest(self) -> dict[str, WorkflowOutput]:
+        """The latest output by workflow of the last acquisition analysed without a record of its own."""
+        return {} if self._record is None else self._record.outputs
+
+    def _record_for(self, snapshot: Snapshot) -> AcquisitionRecord:
+        aid = snapshot.start.acquisition_id
+        if self._record is None or self._record.acquisition_id != aid:
+            self._record = AcquisitionRecord(aid)
+        return self._record
+
+    def __call__(self, snapshot: Snapshot, record: AcquisitionRecord | None = None) -> Iterator[tuple]:
+        """Yield each document of the refit as soon as it is ready; update ``record`` (the acquisition's).
 
         The first workflow's cluster map goes out before the second workflow
         starts, so the service publishes it without waiting for the whole refit.
         The total spectrum and the quantification setup are worked out once per
         snapshot, after the first map has gone out, and shared by the workflows.
         """
+        record = record if record is not None else self._record_for(snapshot)
         prepared = None
+        maps, compositions = {}, {}  # this refit's documents, for the targets and the advice
         for workflow in self.settings.refit.workflows:
             try:
-                result, state, document = self._segment(workflow, snapshot)
+                result, state, document = self._segment(workflow, snapshot, record)
             except Exception:  # one workflow failing on odd data must not stop the live service
                 self._failed(log, "segment_failed", workflow, snapshot)
                 continue
-            self.latest[workflow] = WorkflowOutput(snapshot.described(), result, None, 0.0, state)
+            record.outputs[workflow] = WorkflowOutput(snapshot.described(), result, None, 0.0, state)
+            maps[workflow], compositions[workflow] = document, None
             yield document
             try:
-                prepared = prepared or self._prepare_quantify(snapshot)
+                prepared = prepared or self._prepare_quantify(snapshot, record)
                 quant, seconds = self._quantify(snapshot, result, *prepared)
                 document = None if quant is None else composition_document(snapshot, result, quant, seconds)
             except Exception:
                 self._failed(qlog, "quantify_failed", workflow, snapshot)
                 continue
-            self.latest[workflow] = dataclasses.replace(self.latest[workflow], quantification=quant,
-                                                        quantify_seconds=seconds)
+            record.outputs[workflow] = dataclasses.replace(record.outputs[workflow], quantification=quant,
+                                                           quantify_seconds=seconds)
             if document is not None:
+                compositions[workflow] = document[0]
                 yield document
+        if maps:
+            yield from self._suggest(snapshot, maps, compositions)
+
+    def _suggest(self, snapshot: Snapshot, maps: dict, compositions: dict) -> Iterator[tuple]:
+        """The refit's follow-up targets and stop advice (``[targets]``, ``[advice]``), from its documents."""
+        s = self.settings
+        try:
+            if s.targets.enabled:
+                targets = follow_up_targets(snapshot.start, maps, compositions, s.targets.options())
+                yield targets_document(snapshot.start, snapshot.refit, snapshot.frames, snapshot.counts,
+                                       snapshot.final, targets), {}
+            if s.advice.enabled:
+                yield stop_advice(snapshot.start, maps, compositions, snapshot.elapsed_s, s.advice.options()), {}
+        except Exception:  # the maps and compositions are out already: a failure here loses only the suggestion
+            self._failed(log, "suggest_failed", "both", snapshot)
 
     def _failed(self, logger, event: str, workflow: str, snapshot: Snapshot) -> None:
         """Count and log (with the traceback) a workflow's failure in this refit."""
@@ -143,16 +179,16 @@ class Analyzer:
         logger.exception(event, workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                          refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
 
-    def _segment(self, workflow: str, snapshot: Snapshot):
+    def _segment(self, workflow: str, snapshot: Snapshot, record: AcquisitionRecord):
         """Segment, give the clusters their tracked ids, and build the ``clusters`` document."""
         end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
         estimator = self.estimator(workflow, snapshot.start, end)
-        previous = self._previous(workflow, snapshot)
+        previous = record.outputs[workflow].result if workflow in record.outputs else None
         if previous is not None and previous.warm_start and "init" in estimator.get_params():
             estimator.set_params(init=previous.warm_start.get("embedding"))
         result = segment(snapshot.cube, estimator, workflow, offset_kev=snapshot.offset_kev,
                          scale_kev=snapshot.scale_kev)
-        matching, state = self._track(workflow, snapshot, result)
+        matching, state = self._track(workflow, previous, result, record)
         result = matching.result
         document = clusters_document(snapshot, result, matching, state)
         log.info("segmented", workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
@@ -161,26 +197,21 @@ class Analyzer:
                  converged=state.converged, seconds=round(result.fit_seconds, 3))
         return result, state, document
 
-    def _previous(self, workflow: str, snapshot: Snapshot) -> SegmentationResult | None:
-        """The last result of ``workflow`` for the same acquisition, if any."""
-        before = self.latest.get(workflow)
-        same = before is not None and before.snapshot.start.acquisition_id == snapshot.start.acquisition_id
-        return before.result if same else None
-
-    def _track(self, workflow: str, snapshot: Snapshot, result: SegmentationResult):
+    def _track(self, workflow: str, previous: SegmentationResult | None, result: SegmentationResult,
+               record: AcquisitionRecord):
         """Give clusters the ids of the previous refit of the same acquisition; measure the change."""
-        previous = self._previous(workflow, snapshot)
         t = self.settings.tracking
         matching = match_clusters(previous, result, pixel_weight=t.pixel_weight, min_similarity=t.min_similarity)
-        tracker = self._convergence.setdefault(workflow, ConvergenceTracker(
+        tracker = record.convergence.setdefault(workflow, ConvergenceTracker(
             ari_threshold=t.ari_threshold, spectrum_threshold=t.spectrum_threshold, patience=t.patience))
         return matching, tracker.update(previous, matching.result)
 
-    def _prepare_quantify(self, snapshot: Snapshot) -> tuple[np.ndarray, Setup | None, str | None]:
+    def _prepare_quantify(self, snapshot: Snapshot, record: AcquisitionRecord
+                          ) -> tuple[np.ndarray, Setup | None, str | None]:
         """(total spectrum, setup, None), or (total, None, why nothing can be quantified yet)."""
         total = snapshot.cube.reshape(-1, snapshot.cube.shape[-1]).sum(axis=0, dtype=np.float64)
         try:
-            return total, self._setup(snapshot, total), None
+            return total, self._setup(snapshot, total, record.setup), None
         except ValueError as exc:  # SetupError, LineError, KFactorError
             return total, None, str(exc)
 
@@ -201,7 +232,7 @@ class Analyzer:
                   resolution_ev=quant.fit.get("resolution_ev"), seconds=round(seconds, 3))
         return quant, seconds
 
-    def _setup(self, snapshot: Snapshot, total: np.ndarray) -> Setup:
+    def _setup(self, snapshot: Snapshot, total: np.ndarray, cache: dict) -> Setup:
         """The acquisition's lines and k-factors, worked out once per acquisition.
 
         Proposed elements are proposed again at every refit, from more counts, and the energy
@@ -211,25 +242,24 @@ class Analyzer:
         """
         key = snapshot.start.acquisition_id
         q = self.settings.quantify
-        same = self._setups.get("key") == key
-        setup = self._setups.get("setup") if same else None
+        setup = cache.get("setup")  # the acquisition's own record: never another acquisition's set-up
         counts = float(total.sum())
-        grown = "axis" in q.calibrate and counts >= q.recalibrate_growth * self._setups.get("counts", 0.0)
+        grown = "axis" in q.calibrate and counts >= q.recalibrate_growth * cache.get("counts", 0.0)
         if setup is None or setup.elements_source.startswith("proposed") or grown:
             setup = acquisition_setup(start=snapshot.start, settings=q, offset_kev=snapshot.offset_kev,
                                       scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1], total=total,
                                       user_kfactors=self._user_kfactors, user_source=self._user_source)
             calibrated_at = counts
         else:
-            calibrated_at = self._setups["counts"]
+            calibrated_at = cache["counts"]
         if q.fit_only_elements == "auto":
             setup = with_peaks_of(setup, total)
-        if self._setups.get("setup") != setup:
+        if cache.get("setup") != setup:
             axis = setup.axis
             qlog.info("quantify_setup", acquisition_id=key, lines=list(setup.xray_lines), fit_only=setup.fit_only,
                       elements_source=setup.elements_source, kfactor_source=setup.kfactor_source,
                       kfactors=setup.kfactors, axis_offset_kev=setup.offset_kev, axis_scale_kev=setup.scale_kev,
                       axis_calibrated=None if axis is None else axis.applied,
                       axis_lines=None if axis is None else list(axis.lines))
-        self._setups = {"key": key, "setup": setup, "counts": calibrated_at}
+        cache.update(setup=setup, counts=calibrated_at)
         return setup

@@ -56,7 +56,7 @@ def _workflow(output) -> dict:
     }
 
 
-def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: list) -> dict:
+def build_summary(source, acq, latest: dict, refits: int, elapsed_s: float, files: list) -> dict:
     """Assemble the summary of one processed acquisition."""
     start, acc = acq.start, acq.accumulator
     return {
@@ -82,6 +82,6 @@ def build_summary(source, acq, latest: dict, service, elapsed_s: float, files: l
             "missing_messages": acq.missing,
         },
         "workflows": {name: _workflow(out) for name, out in latest.items()},
-        "timings": {"total_s": round(elapsed_s, 3), "refits": service.refits},
+        "timings": {"total_s": round(elapsed_s, 3), "refits": refits},
         "files": [Path(p).name for p in files],
     }

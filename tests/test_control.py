@@ -1,0 +1,240 @@
+"""Every control command, valid and invalid, through a real REQ socket against the real service."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from edx_adapters.replay import open_replay
+from edx_protocol import decode_result, encode
+from edx_protocol.control import decode_reply, encode_request
+
+from edx_live.cli import main
+from edx_live.config import load_settings
+from edx_live.shell.app import App, on_free_ports
+from edx_live.shell.ctl import call, parse_values
+from edx_live.shell.demo import DEMO_KFACTORS, bundled_dataset
+
+SWEEPS = 6
+
+
+def _until(predicate, timeout_s: float = 120.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def replay():
+    return open_replay(bundled_dataset(), frames=SWEEPS, acquisition_id="ctl-1")
+
+
+@pytest.fixture(scope="module")
+def sweeps(replay):
+    """The replay's messages grouped by sweep (index -1: the start), encoded."""
+    groups: dict[int, list] = {-1: [encode(replay.start)]}
+    for header, arrays in replay.messages():
+        groups.setdefault(getattr(header, "frame_index", SWEEPS), []).append(encode(header, arrays))
+    return groups
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    settings = load_settings(overrides={"refit": {"interval_s": 3600, "workflows": ["pca-gmm"]},
+                                        "output": {"status_interval_s": 0.1},
+                                        "quantify": {"kfactors": DEMO_KFACTORS, "replicas": 4, "bootstrap": 4}})
+    sessions = tmp_path_factory.mktemp("sessions")
+    application = App(on_free_ports(settings, sessions_dir=sessions)).start()
+    yield application
+    application.close()
+
+
+@pytest.fixture(scope="module")
+def push(app):
+    sock = app.sockets.context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 30_000)
+    sock.connect(app.input_endpoint)
+    yield sock
+    sock.close()
+
+
+def ctl(app, command, **args):
+    return call(app.control_endpoint, command, timeout_s=30, **args)
+
+
+def raw(app, frames: list[bytes]):
+    """Send arbitrary frames as a request; return the decoded reply."""
+    sock = app.sockets.request(app.control_endpoint, 30)
+    try:
+        sock.send_multipart(frames)
+        return decode_reply(sock.recv())
+    finally:
+        sock.close(linger=0)
+
+
+def send(push, messages):
+    for frames in messages:
+        push.send_multipart(frames, copy=False)
+
+
+# ---- before any acquisition -------------------------------------------------------------------------------
+
+def test_status_when_idle(app):
+    reply = ctl(app, "status")
+    assert reply.ok and reply.command == "status" and reply.error is None
+    assert reply.result["state"] == "idle" and reply.result["counts"] == 0 and reply.result["refit_running"] is False
+
+
+@pytest.mark.parametrize("frames, error", [
+    ([encode_request("launch")], "unknown command 'launch'"),
+    ([b"\xc1 not msgpack"], "not msgpack"),
+    ([msgpack.packb([1, 2])], "must be a map"),
+    ([encode_request("status"), b"x"], "one frame"),
+    ([encode_request("status", verbose=True)], "verbose"),
+    ([msgpack.packb({"protocol": 2, "command": "status", "args": {}})], "protocol 2"),
+    ([encode_request("export", folder=7)], "folder"),
+    ([encode_request("set")], "values"),
+    ([encode_request("set", values={})], "values"),
+])
+def test_a_malformed_request_is_refused_with_a_reason(app, frames, error):
+    reply = raw(app, frames)
+    assert reply.ok is False and reply.result is None
+    assert error in reply.error
+    assert ctl(app, "status").ok  # and the service still answers
+
+
+def test_commands_that_need_an_acquisition_say_so(app):
+    for command in ("refit", "reset"):
+        reply = ctl(app, command)
+        assert not reply.ok and "no acquisition is acquiring" in reply.error
+    reply = ctl(app, "export")
+    assert not reply.ok and "no acquisition" in reply.error
+
+
+def test_set_validates_every_value_and_applies_all_or_none(app):
+    service = app.service
+    reply = ctl(app, "set", values={"refit.interval_s": 1800.0, "pca_gmm.max_clusters": 6})
+    assert reply.ok and reply.result["applied"] == "now"
+    assert service.settings.refit.interval_s == 1800.0 and service.settings.pca_gmm.max_clusters == 6
+    assert app.analyzer.settings.pca_gmm.max_clusters == 6  # the next refit uses them
+    refused = {
+        (("refit.interval_s", -1),): "greater than 0",
+        (("refit.interval_s", "soon"),): "valid number",
+        (("refit.nope", 1),): "refit.nope is not a setting",
+        (("input.address", "tcp://0.0.0.0:1"),): "needs a restart",
+        (("nosuch.key", 1),): "nosuch.key is not a setting",
+        (("refit.interval_s", 7.0), ("refit.min_counts", -5)): "min_counts",
+    }
+    for pairs, error in refused.items():
+        reply = ctl(app, "set", values=dict(pairs))
+        assert not reply.ok and error in reply.error, reply.error
+    assert service.settings.refit.interval_s == 1800.0  # the refused batch changed nothing
+    assert ctl(app, "set", values={"refit.interval_s": 3600.0}).ok
+
+
+def test_targets_before_any_refit(app):
+    reply = ctl(app, "targets")
+    assert not reply.ok and "no targets yet" in reply.error
+
+
+# ---- during an acquisition --------------------------------------------------------------------------------
+
+def test_refit_list_export_reset_and_targets_while_acquiring(app, push, sweeps, tmp_path):
+    service = app.service
+    send(push, sweeps[-1] + sweeps[0] + sweeps[1])
+    counts_01 = sum(_counts(m) for m in sweeps[0] + sweeps[1])
+    status = _until(lambda: (r := ctl(app, "status").result)["counts"] == counts_01 and r, what="two sweeps")
+    assert status["state"] == "acquiring" and status["acquisition_id"] == "ctl-1"
+
+    listing = ctl(app, "list")
+    assert listing.ok and [a["acquisition_id"] for a in listing.result] == ["ctl-1"]
+    assert listing.result[0]["state"] == "acquiring" and listing.result[0]["refits"] == 0
+
+    refits = service.refits
+    assert ctl(app, "refit").result == {"acquisition_id": "ctl-1", "queued": True}
+    _until(lambda: service.refits > refits, what="the refit asked for")
+    assert ctl(app, "list").result[0]["refits"] == 1
+
+    targets = ctl(app, "targets")
+    assert targets.ok and targets.result["kind"] == "targets" and targets.result["acquisition_id"] == "ctl-1"
+
+    folder = tmp_path / "exported"
+    reply = ctl(app, "export", folder=str(folder))
+    assert reply.ok and reply.result == {"acquisition_id": "ctl-1", "folder": str(folder)}
+    app.sessions.join(120)
+    assert (folder / "spectrum_image.hspy").is_file() and (folder / "summary.json").is_file()
+    again = ctl(app, "export", folder=str(folder))
+    assert not again.ok and "exists already" in again.error
+    unknown = ctl(app, "export", acquisition_id="nope")
+    assert not unknown.ok and "no acquisition 'nope'" in unknown.error
+
+    reply = ctl(app, "reset")
+    assert reply.ok and reply.result["acquisition_id"] == "ctl-1"
+    _until(lambda: ctl(app, "status").result["counts"] == 0, what="the reset")
+    assert ctl(app, "list").result[0]["refits"] == 0
+    # Counting goes on from zero: exactly the sweeps sent after the reset.
+    rest = [m for i in range(2, SWEEPS) for m in sweeps[i]]
+    send(push, rest)
+    expected = sum(_counts(m) for m in rest)
+    _until(lambda: ctl(app, "status").result["counts"] == expected, what="the sweeps after the reset")
+    cube = service.ingest.current.accumulator.cube
+    assert int(cube.sum()) == expected
+
+    send(push, sweeps[SWEEPS])  # the stop
+    _until(lambda: service.finished == 1, what="the final refit")
+    finished = ctl(app, "list").result
+    assert finished[-1]["acquisition_id"] == "ctl-1" and finished[-1]["state"] == "stopped"
+    assert ctl(app, "targets").result["final"] is True
+
+
+def _counts(frames) -> int:
+    """X-rays in one encoded message (0 for start, stop, image)."""
+    from edx_protocol import decode
+
+    header, arrays = decode(frames)
+    if "counts" in arrays:
+        return int(arrays["counts"].sum())
+    if "pixel" in arrays:
+        return int(arrays["pixel"].size)
+    return 0
+
+
+# ---- the command-line client --------------------------------------------------------------------------------
+
+def test_ctl_command_line_exit_codes(app, capsys):
+    assert main(["ctl", "status", "--connect", app.control_endpoint]) == 0
+    assert '"state"' in capsys.readouterr().out
+    assert main(["ctl", "set", "refit.interval_s=3000", "--connect", app.control_endpoint]) == 0
+    assert app.service.settings.refit.interval_s == 3000
+    assert main(["ctl", "set", "refit.interval_s=0", "--connect", app.control_endpoint]) == 1
+    assert "greater than 0" in capsys.readouterr().out
+    assert main(["ctl", "set", "--connect", app.control_endpoint]) == 2
+    assert "at least one NAME=VALUE" in capsys.readouterr().err
+
+
+def test_ctl_without_a_service_fails_quickly():
+    ctx = zmq.Context.instance()
+    probe = ctx.socket(zmq.REP)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)  # a port nobody answers on
+    t0 = time.monotonic()
+    assert main(["ctl", "status", "--connect", f"tcp://127.0.0.1:{port}", "--timeout", "0.5"]) == 2
+    assert time.monotonic() - t0 < 5
+
+
+def test_parse_values():
+    assert parse_values("set", ["refit.interval_s=2", "refit.workflows=[\"pca-gmm\"]", "x=abc"]) == {
+        "values": {"refit.interval_s": 2, "refit.workflows": ["pca-gmm"], "x": "abc"}}
+    assert parse_values("export", ["folder=/tmp/a"]) == {"folder": "/tmp/a"}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_values("set", ["novalue"])
+    with pytest.raises(ValueError, match="unknown command"):
+        parse_values("launch", [])
