@@ -62,13 +62,13 @@ class OutputSettings(_Section):
 
 
 class ControlSettings(_Section):
-    """The REP socket commands are answered on (``edx-live ctl``, protocol/SPEC.md section 10)."""
+    """The REP socket commands are answered on (``edx-live ctl``, protocol/SPEC.md section 11)."""
 
     address: str | None = Field(DEFAULT_CONTROL, description="REP endpoint the service binds; None = no control.")
 
 
 class RecordSettings(_Section):
-    """Recordings of every message received (protocol/SPEC.md section 11), one file per acquisition."""
+    """Recordings of every message received (protocol/SPEC.md section 12), one file per acquisition."""
 
     dir: Path | None = Field(None, description="Folder of the recordings; None = nothing is recorded.")
     max_bytes_per_acquisition: int | None = Field(

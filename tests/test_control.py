@@ -238,3 +238,27 @@ def test_parse_values():
         parse_values("set", ["novalue"])
     with pytest.raises(ValueError, match="unknown command"):
         parse_values("launch", [])
+
+
+def test_the_golden_control_messages_are_what_the_service_sends_and_takes(app):
+    """SPEC section 11's examples: each request is taken, and each reply is the one the service gives."""
+    import json
+
+    import jsonschema
+    from edx_protocol.generate import PROTOCOL_DIR, unpack_container
+
+    golden = PROTOCOL_DIR / "golden"
+    schema = json.loads((PROTOCOL_DIR / "schema" / "control.schema.json").read_text())
+    messages = {}
+    for path in sorted(golden.glob("control_*.bin")):
+        (frame,) = unpack_container(path.read_bytes())
+        body = msgpack.unpackb(frame, raw=False)
+        jsonschema.validate(body, schema)
+        assert body == json.loads(path.with_suffix(".json").read_text())["message"]
+        messages[path.stem.removeprefix("control_")] = frame
+    assert raw(app, [messages["status_request"]]).ok
+    before = app.service.settings.refit.interval_s
+    assert raw(app, [messages["set_request"]]) == decode_reply(messages["set_reply"])
+    refused = encode_request("set", values={"refit.interval_s": -1})
+    assert raw(app, [refused]) == decode_reply(messages["set_refused"])
+    assert ctl(app, "set", values={"refit.interval_s": before}).ok

@@ -6,7 +6,7 @@
 >>> recording = read_recording("run.edxrec")                              # doctest: +SKIP
 >>> [e.frames for e in recording if e.kind == "message"]                  # doctest: +SKIP
 
-The layout (protocol/SPEC.md section 11)::
+The layout (protocol/SPEC.md section 12)::
 
     signature   8 bytes: b"EDXREC\\x00" and the format version (1)
     header      one record whose payload is the file header map

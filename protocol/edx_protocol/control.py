@@ -4,7 +4,7 @@ A request is one frame, a msgpack map ``{"protocol": 1, "command": NAME, "args":
 the reply is one frame, ``{"protocol": 1, "command": NAME, "ok": true, "result": ...}`` or
 ``{"protocol": 1, "command": NAME, "ok": false, "error": "what is wrong"}``. Every command's
 arguments are a model below; an unknown command, or a field its model does not have, is
-refused with ``ok: false``. See protocol/SPEC.md section 10.
+refused with ``ok: false``. See protocol/SPEC.md section 11.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Reply(BaseModel):
     protocol: Literal[1] = Field(default=PROTOCOL_VERSION, description="Wire protocol version.")
     command: str | None = Field(default=None, description="The command answered (None when unreadable).")
     ok: bool = Field(description="True when the command was carried out.")
-    result: Any = Field(default=None, description="What the command returns (see SPEC section 10).")
+    result: Any = Field(default=None, description="What the command returns (see SPEC section 11).")
     error: str | None = Field(default=None, description="Why the command was refused, when ok is false.")
 
 

@@ -244,3 +244,21 @@ def _advice() -> Example:
 def result_examples() -> list[Example]:
     """The golden published documents (their frames start with the topic)."""
     return [_status(), _clusters(), _composition(), _mean_image(), _targets(), _advice()]
+
+
+def control_examples() -> list[tuple[str, str, dict]]:
+    """Control requests and replies (SPEC section 11): (name, description, the msgpack map)."""
+    set_values = {"refit.interval_s": 2.0}
+    return [
+        ("status_request", "Request: the status.", {"protocol": 1, "command": "status", "args": {}}),
+        ("set_request", "Request: refit every 2 s.",
+         {"protocol": 1, "command": "set", "args": {"values": set_values}}),
+        ("set_reply", "Reply: the change is applied now.",
+         {"protocol": 1, "command": "set", "ok": True, "result": {"values": set_values, "applied": "now"},
+          "error": None}),
+        ("set_refused", "Reply: a value out of range is refused with the reason.",
+         {"protocol": 1, "command": "set", "ok": False, "result": None,
+          "error": "set refused: refit.interval_s: Input should be greater than 0 (got -1)"}),
+        ("export_request", "Request: write the session folder now, to a named folder.",
+         {"protocol": 1, "command": "export", "args": {"folder": "/data/sessions/early-look"}}),
+    ]
