@@ -42,7 +42,7 @@ def codes(problems: list[str]) -> set[str]:
     return {problem.partition(":")[0] for problem in problems}
 
 
-@pytest.mark.parametrize("name", ["status", "clusters", "composition", "mean_image"])
+@pytest.mark.parametrize("name", ["status", "clusters", "composition", "mean_image", "targets", "advice"])
 def test_golden_documents_pass(name):
     header, arrays = golden(name)
     assert check_document(header, arrays) == []
@@ -137,7 +137,24 @@ def _broken_image(rule: str):
     return h, a
 
 
+def _broken_targets(rule: str):
+    h, a = golden("targets")
+    t = h.targets[0]
+    if rule == "targets.rank":
+        return h.model_copy(update={"targets": [t.model_copy(update={"rank": 2})]}), a
+    rows = h.scan_shape[0]
+    return h.model_copy(update={"targets": [t.model_copy(update={"box_px": (2, 0, rows + 1, 4)})]}), a
+
+
+def _broken_advice(rule: str):
+    h, a = golden("advice")
+    return h.model_copy(update={"stop": not h.stop}), a  # the reason no longer matches
+
+
 SINGLE = {
+    "targets.rank": [_broken_targets],
+    "targets.box": [_broken_targets],
+    "advice.reason": [_broken_advice],
     "header.finite": [_broken_status, _broken_clusters, _broken_composition, _broken_image],
     "arrays.finite": [_broken_clusters, _broken_image],
     "image.arrays": [_broken_image],

@@ -47,6 +47,9 @@ RULES = {
     "status.rejected": "rejected counts are >= 0",
     "image.arrays": "the image array is present, two-dimensional",
     "image.sweeps": "sweeps is at least 1 and never decreases per acquisition",
+    "targets.rank": "targets are ranked 1, 2, 3, ... in order, scores never increasing",
+    "targets.box": "each box_px lies inside scan_shape, row0 < row1 and col0 < col1",
+    "advice.reason": "stop is true exactly when reason is not not_yet",
     "seq.step": "seq grows by exactly 1 per topic",
     "composition.follows": "a composition follows the clusters document of its acquisition, workflow and refit",
     "composition.match": "a composition has that clusters document's labels, pixels, frames and counts",
@@ -235,10 +238,22 @@ def _image(h, arrays) -> list[str]:
 
 
 def _targets(h, arrays) -> list[str]:
-    return []
+    problems = []
+    ranks = [t.rank for t in h.targets]
+    scores = [t.score for t in h.targets]
+    if ranks != list(range(1, len(ranks) + 1)) or any(a < b for a, b in zip(scores, scores[1:])):
+        problems.append(f"targets.rank: ranks {ranks} with scores {scores}")
+    rows, columns = h.scan_shape
+    for t in h.targets:
+        r0, c0, r1, c1 = t.box_px
+        if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= columns):
+            problems.append(f"targets.box: rank {t.rank} box {list(t.box_px)} in a {rows} x {columns} scan")
+    return problems
 
 
 def _advice(h, arrays) -> list[str]:
+    if h.stop == (h.reason == "not_yet"):
+        return [f"advice.reason: stop {h.stop} with reason {h.reason!r}"]
     return []
 
 
