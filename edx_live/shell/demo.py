@@ -189,7 +189,7 @@ def _print_until_final(sub: zmq.Socket, app: App, out, timeout_s: float) -> None
             continue
         frames = sub.recv_multipart(copy=False)
         header, _ = decode_result(frames[1:])
-        if header.kind in PRINTED:
+        if header.kind in PRINTED and (header.kind != "targets" or header.final):  # the final targets only
             print(format_document(header), file=out, flush=True)
         elif header.final:
             print(format_document(header), file=out, flush=True)

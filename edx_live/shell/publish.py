@@ -93,6 +93,10 @@ def format_document(header) -> str:
         return (f"[{header.workflow}] refit {header.refit} at {header.frames} frames / {header.counts} counts: "
                 f"{len(header.clusters)} clusters ({sizes}), noise {header.noise_pixels}px, "
                 f"{header.refit_s:.2f} s" + (f"; {'; '.join(change)}" if change else ""))
+    if header.kind == "targets":
+        return _targets_text(header)
+    if header.kind == "advice":
+        return f"[advice] refit {header.refit}: {header.message}"
     lines = [f"[{header.workflow}] composition, refit {header.refit} ({header.method.split(' (')[0]}; "
              f"k-factors: {header.kfactor_source}; {header.quantify_s:.2f} s)"]
     for c in header.clusters:
@@ -100,6 +104,18 @@ def format_document(header) -> str:
         where = f", {c.pixel_level} {c.core_pixels}px" if c.pixel_level not in (None, "all") else ""
         lines.append(f"    cluster {c.label} ({c.pixels}px{where}): " + ", ".join(parts) + " at%"
                      + _target_text(c.time_to_target))
+    return "\n".join(lines)
+
+
+def _targets_text(header, shown: int = 3) -> str:
+    """The best few targets, one line each."""
+    lines = [f"[targets] refit {header.refit}: {len(header.targets)} regions worth a closer look"
+             + (":" if header.targets else "")]
+    for t in header.targets[:shown]:
+        r0, c0, r1, c1 = t.box_px
+        dose = f", {t.sweeps:.0f} sweeps" if t.sweeps is not None else ""
+        lines.append(f"    {t.rank}. rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}: {', '.join(t.reasons)} "
+                     f"(score {t.score:.2f}; {' + '.join(t.workflows)}{dose})")
     return "\n".join(lines)
 
 
