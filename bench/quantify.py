@@ -28,9 +28,9 @@ CORE_SHELL_K = {"Fe_Ka": 1.450226, "Pt_La": 5.075602}
 
 
 def _setup(lines, **kw):
-    from edx_live.quantify import Detector, Setup
+    from edx_live.quantify import Geometry, Setup
 
-    return Setup(0.0, 0.01, 2048, Detector(200.0, 35.0, 0.0, 130.0), tuple(sorted(lines)),
+    return Setup(0.0, 0.01, 2048, Geometry(200.0, 35.0, 0.0, 130.0), tuple(sorted(lines)),
                  {line: K[line] for line in lines}, **kw)
 
 
@@ -157,7 +157,7 @@ def _hyperspy_windows(s) -> list[float]:
 def timing() -> None:
     """Quantifying every cluster of one refit at 256 x 256 binned pixels, cold (model built) and warm."""
     from edx_adapters.synthetic import make_phantom
-    from edx_live.quantify import ClusterQuantifier, Detector, QuantifyOptions, Setup
+    from edx_live.quantify import ClusterQuantifier, Geometry, QuantifyOptions, Setup
     from edx_live.quantify.signal import axis, eds_signal
 
     print("\n## Time to quantify all clusters of one refit (2 shared cores)")
@@ -170,7 +170,7 @@ def timing() -> None:
         labels = phantom.labels.copy()
         labels[:8, :] = np.arange(8)[:, None] % 8 + 4  # four small extra clusters: 8 in all
         n = int(labels.max()) + 1
-        setup = Setup(0.0, 20.48 / channels, channels, Detector(200.0, 35.0, 0.0, 130.0),
+        setup = Setup(0.0, 20.48 / channels, channels, Geometry(200.0, 35.0, 0.0, 130.0),
                       tuple(sorted(phantom.xray_lines)), {line: 1.0 for line in phantom.xray_lines})
         quantifier = ClusterQuantifier(QuantifyOptions())
         confidence = np.full(labels.shape, 0.9)

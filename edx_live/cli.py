@@ -15,9 +15,9 @@ import threading
 import warnings
 
 from edx_protocol.control import COMMANDS as CTL_COMMANDS
+from edx_protocol.endpoints import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
 
 from edx_live.logs import configure
-from edx_live.shell.sockets import DEFAULT_CONTROL, DEFAULT_INPUT
 
 
 def _kv(text: str) -> str:
@@ -77,11 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edx-live", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="receive frames over ZeroMQ and publish results")
-    serve.add_argument("--input", help="input endpoint (tcp://127.0.0.1:5556)")
+    serve.add_argument("--input", help=f"input endpoint ({DEFAULT_INPUT})")
     serve.add_argument("--input-socket", choices=["pull", "sub"], help="PULL (default) or SUB")
     serve.add_argument("--bind", action=argparse.BooleanOptionalAction, default=None,
                        help="bind the input socket (default: PULL binds, SUB connects)")
-    serve.add_argument("--output", help="result PUB endpoint (tcp://127.0.0.1:5557)")
+    serve.add_argument("--output", help=f"result PUB endpoint ({DEFAULT_OUTPUT})")
     serve.add_argument("--refit-interval", type=float, metavar="S", help="seconds between refits (5)")
     serve.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
     serve.add_argument("--acquisitions", type=int, metavar="N", help="exit after N acquisitions")
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-sessions", action="store_true", help="write no session folders")
     serve.add_argument("--record", metavar="DIR", help="record every message received under DIR, a file per "
                        "acquisition ([record] dir)")
-    serve.add_argument("--control", metavar="ADDR", help="control REP endpoint (tcp://127.0.0.1:5558)")
+    serve.add_argument("--control", metavar="ADDR", help=f"control REP endpoint ({DEFAULT_CONTROL})")
     _analysis_options(serve)
     proc = sub.add_parser("process", help="run the pipeline over a file and write results")
     proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image, or an .edxrec recording "
@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     proc.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
     _analysis_options(proc)
     view = sub.add_parser("view", help="web page of a running service's results (needs edx-live[viewer])")
-    view.add_argument("--connect", default="tcp://127.0.0.1:5557", metavar="ADDR",
-                      help="the service's result PUB endpoint (default tcp://127.0.0.1:5557)")
+    view.add_argument("--connect", default=DEFAULT_OUTPUT, metavar="ADDR",
+                      help=f"the service's result PUB endpoint (default {DEFAULT_OUTPUT})")
     view.add_argument("--address", default="127.0.0.1",
                       help="address the page is served on (default 127.0.0.1: this PC only)")
     view.add_argument("--port", type=int, default=5006, help="port of the page (default 5006; 0 = any free)")
@@ -145,22 +145,15 @@ def _ctl(args) -> int:
 
 
 def _replay(args) -> int:
-    import zmq
-    from edx_adapters.recording import send_recording
-    from edx_protocol.container import RecordingError
+    """``edx-live replay``: the adapters' ``edx-live-replay`` for a recording (one implementation of both)."""
+    from edx_adapters.cli import main as replay_main
+    from edx_protocol.container import SUFFIX
 
-    sock = zmq.Context.instance().socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, -1)
-    sock.connect(args.to)
-    try:
-        sent = send_recording(args.recording, sock, speed=args.speed)
-    except (OSError, RecordingError) as exc:
-        print(f"edx-live replay: error: {exc}", file=sys.stderr)
+    if not str(args.recording).endswith(SUFFIX):
+        print(f"edx-live replay: error: {args.recording} is not a recording ({SUFFIX}); edx-live-replay sends "
+              "spectrum-image files", file=sys.stderr)
         return 2
-    finally:
-        sock.close()
-    print(f"sent {sent} messages of {args.recording} to {args.to}")
-    return 0
+    return replay_main([str(args.recording), "--address", args.to, "--speed", str(args.speed)])
 
 
 class StartupError(Exception):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edx_protocol import TARGET_REASONS
+from edx_protocol.endpoints import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,7 +21,6 @@ from edx_live.quantify.entropy import ANIONS
 from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
 from edx_live.suggest import AdviceOptions, TargetOptions
 from edx_live.suggest.targets import DEFAULT_WEIGHTS
-from edx_live.shell.sockets import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
 class ConfigError(ValueError):

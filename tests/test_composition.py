@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edx_adapters.synthetic import phase_spectrum
-from edx_live.quantify import (ClusterQuantifier, Detector, KFactorError, QuantifyOptions, Setup, quantify_clusters,
+from edx_live.quantify import (ClusterQuantifier, Geometry, KFactorError, QuantifyOptions, Setup, quantify_clusters,
                                read_kfactor_table)
 from edx_live.quantify.cliff_lorimer import weight_fractions
 from edx_live.quantify.entropy import configurational_entropy, sublattice
@@ -21,11 +21,11 @@ CLUSTERS = {"Ag-Cd": {"Ag": 65.0, "Cd": 35.0}, "Fe-Mn-Cr": {"Fe": 72.0, "Mn": 18
 LINES = {"Ag-Cd": ("Ag_La", "Cd_La"), "Fe-Mn-Cr": ("Cr_Ka", "Fe_Ka", "Mn_Ka")}
 #: Counts in a cluster's spectrum: ~2000 pixels at ~150 counts, a mid-sized cluster of a 256 x 256 scan.
 COUNTS = 3e5
-DETECTOR = Detector(200.0, 35.0, 0.0, 130.0)
+GEOMETRY = Geometry(200.0, 35.0, 0.0, 130.0)
 
 
 def setup_for(lines, kfactors=K, **kw) -> Setup:
-    return Setup(0.0, 0.01, 2048, DETECTOR, tuple(sorted(lines)), {line: kfactors[line] for line in lines}, **kw)
+    return Setup(0.0, 0.01, 2048, GEOMETRY, tuple(sorted(lines)), {line: kfactors[line] for line in lines}, **kw)
 
 
 def truth(composition: dict, lines) -> np.ndarray:
@@ -163,8 +163,8 @@ def test_entropy_and_weight_percent_of_a_quantified_cluster():
 def test_closed_form_cliff_lorimer_is_exspys():
     intensities = np.array([[2.0e4, 5.0e3, 1.2e4], [300.0, 8.0e3, 50.0]])
     lines, k = ["Cr_Ka", "Fe_Ka", "Mn_Ka"], [1.32, 1.45, 1.40]
-    ours = weight_fractions(intensities, lines, k, DETECTOR)
-    s = DETECTOR.signal(np.zeros(2), 0.0, 1.0)
+    ours = weight_fractions(intensities, lines, k, GEOMETRY)
+    s = GEOMETRY.signal(np.zeros(2), 0.0, 1.0)
     from hyperspy.signals import BaseSignal
 
     images = []
@@ -188,7 +188,7 @@ def test_absorption_correction_is_exspys_and_raises_soft_lines():
     # O Ka (0.52 keV) is absorbed more than Al Ka (1.49 keV): correcting raises oxygen.
     o = b.elements.index("O")
     assert b.atomic_percent[0, o] > a.atomic_percent[0, o] + 0.5
-    s = DETECTOR.signal(np.zeros(2), 0.0, 1.0)
+    s = GEOMETRY.signal(np.zeros(2), 0.0, 1.0)
     from hyperspy.signals import BaseSignal
 
     images = []

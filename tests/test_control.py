@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import msgpack
-import numpy as np
 import pytest
 import zmq
 from edx_adapters.replay import open_replay
-from edx_protocol import decode_result, encode
+from edx_protocol import encode
 from edx_protocol.control import decode_reply, encode_request
 
 from edx_live.cli import main

@@ -68,7 +68,11 @@ def test_each_composition_describes_the_cluster_of_its_label(phantom, cube, work
     for header, arrays in docs:
         checker(header, arrays)
     checker.assert_consistent()
-    (clusters, arrays), (composition, _) = docs
+    assert [h.kind for h, _ in docs] == ["clusters", "composition", "targets", "advice"]
+    (clusters, arrays), (composition, _) = docs[:2]
+    # the targets name the clusters by the same ids as the map
+    named = {i for t in docs[2][0].targets for i in t.clusters.get(clusters.workflow, [])}
+    assert named and named <= {c.label for c in clusters.clusters}
     assert min(c.label for c in clusters.clusters) >= 7  # the ids really differ from the rows
     assert [c.label for c in composition.clusters] == [c.label for c in clusters.clusters]
 

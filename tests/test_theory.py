@@ -8,7 +8,7 @@ import time
 import pytest
 import xraylib
 
-from edx_live.quantify.theory import (Detector, TheoreticalKFactors, detector_efficiency,
+from edx_live.quantify.theory import (EfficiencyModel, TheoreticalKFactors, detector_efficiency,
                                       subshell_cross_section, theoretical_kfactors, vacancy_cross_section)
 
 #: Vendor (instrument software) k-factors of the FePt core/shell dataset, 200 kV.
@@ -100,7 +100,7 @@ def test_windowless_efficiency():
 
 
 def test_window_absorbs_soft_lines_only():
-    window = Detector(window="polymer", window_um=0.3, al_coat_um=0.03)
+    window = EfficiencyModel(window="polymer", window_um=0.3, al_coat_um=0.03)
     assert detector_efficiency(0.525, window) < 0.8 * detector_efficiency(0.525)
     assert detector_efficiency(6.4, window) == pytest.approx(detector_efficiency(6.4), rel=0.01)
     k = theoretical_kfactors(["Fe_Ka", "O_Ka"], 200.0, window).kfactors
@@ -109,7 +109,7 @@ def test_window_absorbs_soft_lines_only():
 
 
 def test_thicker_silicon_detects_hard_lines_better():
-    thick = Detector(si_thickness_mm=1.0)
+    thick = EfficiencyModel(si_thickness_mm=1.0)
     assert detector_efficiency(20.0, thick) > 1.5 * detector_efficiency(20.0)
 
 
@@ -156,7 +156,7 @@ def test_normalisation_to_reference():
 
 
 def test_result_records_inputs_and_terms():
-    detector = Detector(window="Be", window_um=8.0)
+    detector = EfficiencyModel(window="Be", window_um=8.0)
     result = theoretical_kfactors(["Fe_Ka", "Pt_La", "Fe_Ka"], 200, detector)
     assert list(result.kfactors) == ["Fe_Ka", "Pt_La"]
     assert result.beam_energy_kev == 200.0
@@ -177,7 +177,7 @@ def test_description_is_a_provenance_sentence():
                                     {"window_um": 1.0}, {"si_thickness_mm": 0.0}, {"dead_layer_um": -1.0}])
 def test_invalid_detector_raises(kwargs):
     with pytest.raises(ValueError):
-        Detector(**kwargs)
+        EfficiencyModel(**kwargs)
 
 
 def test_fast():

@@ -12,7 +12,7 @@ import pytest
 from edx_adapters.synthetic import make_phantom
 
 from edx_live.quantify import ClusterQuantifier, QuantifyOptions
-from edx_live.quantify.cliff_lorimer import Detector
+from edx_live.quantify.cliff_lorimer import Geometry
 from edx_live.quantify.composition import Setup
 from edx_live.quantify.cores import cores, depth
 from edx_live.segment import PcaGmm, segment
@@ -21,7 +21,7 @@ SEEDS = (0, 1, 2, 3)
 
 
 def _setup(phantom) -> Setup:
-    return Setup(0.0, 0.01, 2048, Detector(200.0, 35.0, 0.0, 130.0), tuple(phantom.xray_lines),
+    return Setup(0.0, 0.01, 2048, Geometry(200.0, 35.0, 0.0, 130.0), tuple(phantom.xray_lines),
                  dict(phantom.kfactors))
 
 

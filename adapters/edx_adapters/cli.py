@@ -6,7 +6,7 @@ Example::
     edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://*:5556
     edx-live-replay recordings/run-20250101T120000.edxrec --speed 10
 
-A recorded session (``.edxrec``, written by ``edx-live --record DIR``) is sent byte for
+A recorded session (``.edxrec``, written by ``edx-live serve --record DIR``) is sent byte for
 byte, every message as the service received it, at the recorded pace times ``--speed``.
 
 It reports each sweep on stderr, under a progress bar over the sweeps when stderr
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from edx_protocol.container import SUFFIX as RECORDING_SUFFIX
 from edx_protocol.container import read_recording
+from edx_protocol.endpoints import DEFAULT_INPUT
 
 from .producer import SOCKET_KINDS, SweepDone, make_socket, send_replay, wait_for_subscriber
 from .recording import send_recording
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=f"Supported files: {', '.join(sorted(FORMATS))}, and recorded "
                                        f"sessions ({RECORDING_SUFFIX}).")
     p.add_argument("file", help=f"spectrum image file or recorded session ({RECORDING_SUFFIX}) to replay")
-    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint (default %(default)s)")
+    p.add_argument("--address", default=DEFAULT_INPUT, help="ZeroMQ endpoint (default %(default)s)")
     p.add_argument("--socket", choices=sorted(SOCKET_KINDS), default="push",
                    help="push: to the service's PULL (default); pub: for SUB receivers")
     side = p.add_mutually_exclusive_group()

@@ -12,12 +12,12 @@
 - ``setup``: what an acquisition quantifies and where its elements and k-factors came from.
 """
 
-from .cliff_lorimer import Detector, Windows
+from .cliff_lorimer import Geometry, Windows
 from .composition import ClusterQuantifier, Quantification, QuantifyOptions, Setup, quantify_spectra
 from .kfactors import USER_KFACTORS, KFactorError, parse_kfactors, read_kfactor_table
 from .lines import LineError, resolve_lines
 from .setup import SetupError, acquisition_setup, quantify_clusters
 
-__all__ = ["ClusterQuantifier", "Detector", "KFactorError", "LineError", "Quantification", "QuantifyOptions",
+__all__ = ["ClusterQuantifier", "Geometry", "KFactorError", "LineError", "Quantification", "QuantifyOptions",
            "Setup", "SetupError", "USER_KFACTORS", "Windows", "acquisition_setup", "parse_kfactors",
            "quantify_clusters", "quantify_spectra", "read_kfactor_table", "resolve_lines"]

@@ -43,7 +43,7 @@ class Windows:
 
 
 @dataclass(frozen=True)
-class Detector:
+class Geometry:
     """What exspy needs to know of the microscope: beam energy, detector angles and resolution."""
 
     beam_energy_kev: float
@@ -60,9 +60,9 @@ class Detector:
 
 
 def window_intensities(spectra: np.ndarray, lines: Sequence[str], offset_kev: float, scale_kev: float,
-                       detector: Detector, windows: Windows = Windows()) -> tuple[np.ndarray, np.ndarray]:
+                       geometry: Geometry, windows: Windows = Windows()) -> tuple[np.ndarray, np.ndarray]:
     """Background windows (n_lines, 4) in keV and window intensities (..., n_lines) of ``spectra``."""
-    s = detector.signal(np.asarray(spectra, dtype=np.float64), offset_kev, scale_kev, "cluster spectra")
+    s = geometry.signal(np.asarray(spectra, dtype=np.float64), offset_kev, scale_kev, "cluster spectra")
     s.set_lines(list(lines))
     bw = s.estimate_background_windows(line_width=list(windows.line_width), windows_width=windows.windows_width,
                                        xray_lines=list(lines))
@@ -73,7 +73,7 @@ def window_intensities(spectra: np.ndarray, lines: Sequence[str], offset_kev: fl
 
 
 def weight_fractions(intensities: np.ndarray, lines: Sequence[str], kfactors: Sequence[float],
-                     detector: Detector, thickness_nm: float | None = None) -> np.ndarray:
+                     geometry: Geometry, thickness_nm: float | None = None) -> np.ndarray:
     """Cliff-Lorimer weight fractions (..., n_lines) of intensities (..., n_lines).
 
     Without absorption correction this is exspy's Cliff-Lorimer, C_i = k_i I_i / sum_j k_j I_j,
@@ -86,7 +86,7 @@ def weight_fractions(intensities: np.ndarray, lines: Sequence[str], kfactors: Se
     """
     intensities = np.asarray(intensities, dtype=np.float64)
     if thickness_nm is not None:
-        return _exspy_absorption_corrected(intensities, lines, kfactors, detector, thickness_nm)
+        return _exspy_absorption_corrected(intensities, lines, kfactors, geometry, thickness_nm)
     weighted = intensities * np.asarray(kfactors, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         wt = weighted / weighted.sum(axis=-1, keepdims=True)
@@ -95,7 +95,7 @@ def weight_fractions(intensities: np.ndarray, lines: Sequence[str], kfactors: Se
 
 
 def _exspy_absorption_corrected(intensities: np.ndarray, lines: Sequence[str], kfactors: Sequence[float],
-                                detector: Detector, thickness_nm: float) -> np.ndarray:
+                                geometry: Geometry, thickness_nm: float) -> np.ndarray:
     from hyperspy.signals import BaseSignal
 
     flat = intensities.reshape(-1, intensities.shape[-1])
@@ -105,7 +105,7 @@ def _exspy_absorption_corrected(intensities: np.ndarray, lines: Sequence[str], k
         image.metadata.set_item("Sample.xray_lines", [line])
         image.metadata.set_item("Sample.elements", [line.partition("_")[0]])
         images.append(image)
-    template = detector.signal(np.zeros(2), 0.0, 1.0)
+    template = geometry.signal(np.zeros(2), 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         # Weight fractions: exspy's "atomic" output stacks signals with a progress bar on stderr.
         result, _ = template.quantification(images, "CL", factors=list(kfactors), composition_units="weight",

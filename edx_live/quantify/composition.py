@@ -29,7 +29,7 @@ from edx_protocol import ClusterComposition, ElementResult, TimeToTarget
 
 from .calibration import AxisCalibration
 from .cores import BIAS_FRACTION, Cores, bias, cores
-from .cliff_lorimer import Detector, Windows, describe_intensities, weight_fractions, window_intensities
+from .cliff_lorimer import Geometry, Windows, describe_intensities, weight_fractions, window_intensities
 from .entropy import ANIONS, configurational_entropy, sublattice
 from .kfactors import USER_KFACTORS, require_kfactors
 from .lines import highest_line_kev, marked_lines
@@ -106,7 +106,7 @@ class Setup:
     offset_kev: float
     scale_kev: float
     channels: int
-    detector: Detector
+    geometry: Geometry
     xray_lines: tuple[str, ...]
     kfactors: dict[str, float]
     kfactor_source: str = USER_KFACTORS
@@ -340,7 +340,7 @@ def _atomic(wt: np.ndarray, elements: list[str]) -> np.ndarray:
         return np.moveaxis(np.asarray(weight_to_atomic(np.moveaxis(wt, -1, 0), elements)), 0, -1) / 100
 
 
-def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[float], detector: Detector,
+def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[float], geometry: Geometry,
               elements: Sequence[str], sigmas: float, thickness_nm: float | None = None):
     """(detected, detection limit in at%) per cluster and line.
 
@@ -360,7 +360,7 @@ def detection(intensity: Estimate, lines: Sequence[str], kfactors: Sequence[floa
     for j in range(value.shape[-1]):
         at_limit = present.copy()
         at_limit[..., j] = np.where(np.isfinite(threshold[..., j]), np.clip(threshold[..., j], 0, None), np.nan)
-        wt = weight_fractions(at_limit, list(lines), kfactors, detector, thickness_nm)
+        wt = weight_fractions(at_limit, list(lines), kfactors, geometry, thickness_nm)
         limit[..., j] = np.clip(100 * _atomic(wt, list(elements))[..., j], 0, 100)
     return detected, limit
 
@@ -384,7 +384,7 @@ def fit_range(setup: Setup, options: QuantifyOptions) -> tuple[float, float]:
     if options.fit_range_kev is not None:
         return tuple(float(v) for v in options.fit_range_kev)
     end = setup.offset_kev + setup.scale_kev * setup.channels
-    top = highest_line_kev(setup.elements, min(end, setup.detector.beam_energy_kev))
+    top = highest_line_kev(setup.elements, min(end, setup.geometry.beam_energy_kev))
     high = end if top is None else min(end, top + FIT_MARGIN_KEV)
     low = min(line_energy(line) for line in setup.xray_lines) - FIT_BELOW_KEV
     return max(FIT_LOW_KEV, setup.offset_kev, low), high
@@ -418,14 +418,14 @@ class ClusterQuantifier:
     def model(self, setup: Setup, total: np.ndarray) -> LineModel:
         """The model for ``setup``: the previous one when the setup is unchanged, recalibrated as counts grow."""
         o = self.options
-        key = ModelKey(setup.offset_kev, setup.scale_kev, setup.channels, setup.detector.beam_energy_kev,
+        key = ModelKey(setup.offset_kev, setup.scale_kev, setup.channels, setup.geometry.beam_energy_kev,
                        tuple(sorted(set(setup.elements + setup.fit_only))), setup.xray_lines, fit_range(setup, o),
-                       o.background_order, setup.detector.elevation_deg, setup.detector.azimuth_deg)
+                       o.background_order, setup.geometry.elevation_deg, setup.geometry.azimuth_deg)
         if self.model_ is None or self.model_.key != key:
-            self.model_ = LineModel(key, setup.detector.resolution_ev or 130.0)
+            self.model_ = LineModel(key, setup.geometry.resolution_ev or 130.0)
             self.calibrated_counts_ = 0.0
             self.calibration_ = {}
-            self.variants_ = [LineModel(replace(key, background_order=order), setup.detector.resolution_ev or 130.0)
+            self.variants_ = [LineModel(replace(key, background_order=order), setup.geometry.resolution_ev or 130.0)
                               for order in (key.background_order - 1, key.background_order + 1) if order >= 0]
         counts = float(np.sum(total))
         steps = [step for step in o.calibrate if step != "axis"]  # the axis is the setup's
@@ -472,7 +472,7 @@ class ClusterQuantifier:
         if model is not None:
             return model.intensities(samples.stack), None
         windows, intensities = window_intensities(samples.stack, list(setup.xray_lines), setup.offset_kev,
-                                                  setup.scale_kev, setup.detector, self.options.windows)
+                                                  setup.scale_kev, setup.geometry, self.options.windows)
         return intensities, windows
 
     def _fractions(self, intensities: np.ndarray, setup: Setup, factors: Sequence[float], detected: np.ndarray):
@@ -480,7 +480,7 @@ class ClusterQuantifier:
         o = self.options
         lines = list(setup.xray_lines)
         kept = np.where(detected[:, None, :], intensities, 0.0)
-        wt = weight_fractions(kept, lines, factors, setup.detector, o.thickness_nm)
+        wt = weight_fractions(kept, lines, factors, setup.geometry, o.thickness_nm)
         at = _atomic(wt, list(setup.elements))
         species = sublattice(list(setup.elements), o.sublattice, o.sublattice_exclude)
         return wt, at, configurational_entropy(at, list(setup.elements), species)
@@ -516,7 +516,7 @@ class ClusterQuantifier:
             if alternatives:
                 intensity = intensity.with_systematic(np.max([np.abs(a - intensity.value) for a in alternatives],
                                                              axis=0))
-        detected, limit = detection(intensity, lines, factors, setup.detector, elements, o.detection_sigma,
+        detected, limit = detection(intensity, lines, factors, setup.geometry, elements, o.detection_sigma,
                                     o.thickness_nm)
         wt, at, entropy = self._fractions(intensities, setup, factors, detected)
         atomic, weight = estimate(100 * at, samples), estimate(100 * wt, samples)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .calibration import calibrate_axis
-from .cliff_lorimer import Detector
+from .cliff_lorimer import Geometry
 from .composition import Setup
 from .kfactors import USER_KFACTORS, missing_kfactors, require_kfactors
 from .lines import resolve_lines
@@ -42,19 +42,19 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
         Where ``user_kfactors`` came from, as published.
     """
     det = start.detectors[0]
-    detector = Detector(start.beam_energy_kev, det.elevation_deg, det.azimuth_deg, det.energy_resolution_mnka_ev)
+    geometry = Geometry(start.beam_energy_kev, det.elevation_deg, det.azimuth_deg, det.energy_resolution_mnka_ev)
     xray_lines, elements, source = _named(start, settings)
     axis = None
     if "axis" in settings.calibrate and total is not None:
         known = set(elements) | {line.partition("_")[0] for line in xray_lines}
         axis = calibrate_axis(total, offset_kev, scale_kev, start.beam_energy_kev,
-                              resolution_ev=detector.resolution_ev or 130.0, elements=known)
+                              resolution_ev=geometry.resolution_ev or 130.0, elements=known)
         offset_kev, scale_kev = axis.offset_kev, axis.scale_kev
     if not xray_lines and not elements:
         if not settings.propose_elements or total is None:
             raise SetupError("no elements: name them in the acquisition start, in [quantify] elements or with "
                              "--element, or set [quantify] propose_elements = true")
-        elements, source = _proposed(total, offset_kev, scale_kev, detector)
+        elements, source = _proposed(total, offset_kev, scale_kev, geometry)
     lines = resolve_lines(xray_lines, elements, start.beam_energy_kev, offset_kev=offset_kev, scale_kev=scale_kev,
                           channels=channels)
     if len(lines) < 2:
@@ -64,7 +64,7 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     quantified = {line.partition("_")[0] for line in lines}
     named = [] if settings.fit_only_elements == "auto" else settings.fit_only_elements
     fit_only = tuple(sorted(set(named) - quantified))
-    return Setup(offset_kev, scale_kev, channels, detector, tuple(lines), kfactors, kfactor_source, theoretical,
+    return Setup(offset_kev, scale_kev, channels, geometry, tuple(lines), kfactors, kfactor_source, theoretical,
                  fit_only, source, axis)
 
 
@@ -78,8 +78,8 @@ def with_peaks_of(setup: Setup, total: np.ndarray) -> Setup:
     from .propose import propose_elements
 
     found = propose_elements(np.asarray(total, dtype=np.float64), setup.offset_kev, setup.scale_kev,
-                             setup.detector.beam_energy_kev,
-                             energy_resolution_ev=setup.detector.resolution_ev or 130.0).elements
+                             setup.geometry.beam_energy_kev,
+                             energy_resolution_ev=setup.geometry.resolution_ev or 130.0).elements
     extra = set(found) - set(setup.elements) - set(setup.fit_only)
     return replace(setup, fit_only=tuple(sorted(set(setup.fit_only) | extra))) if extra else setup
 
@@ -90,11 +90,11 @@ def _named(start, settings) -> tuple[list[str], list[str], str]:
     return list(start.xray_lines), list(start.elements), "acquisition start"
 
 
-def _proposed(total: np.ndarray, offset_kev: float, scale_kev: float, detector: Detector):
+def _proposed(total: np.ndarray, offset_kev: float, scale_kev: float, geometry: Geometry):
     from .propose import propose_elements
 
-    proposal = propose_elements(np.asarray(total, dtype=np.float64), offset_kev, scale_kev, detector.beam_energy_kev,
-                                energy_resolution_ev=detector.resolution_ev or 130.0)
+    proposal = propose_elements(np.asarray(total, dtype=np.float64), offset_kev, scale_kev, geometry.beam_energy_kev,
+                                energy_resolution_ev=geometry.resolution_ev or 130.0)
     if len(proposal.elements) < 2:
         raise SetupError(f"no elements named, and the total spectrum shows {len(proposal.elements)} "
                          f"({', '.join(proposal.elements) or 'none'}) clearly: name them in [quantify] elements")
@@ -133,12 +133,12 @@ def quantify_clusters(spectra: np.ndarray, *, offset_kev: float, scale_kev: floa
     spectra = np.atleast_2d(np.asarray(spectra, dtype=np.float64))
     lines = resolve_lines(xray_lines, elements, beam_energy_kev, offset_kev=offset_kev, scale_kev=scale_kev,
                           channels=spectra.shape[-1])
-    detector = Detector(beam_energy_kev, elevation_deg, azimuth_deg, energy_resolution_ev)
+    geometry = Geometry(beam_energy_kev, elevation_deg, azimuth_deg, energy_resolution_ev)
     if kfactors:
         require_kfactors(lines, kfactors)  # raises, naming any missing line and the fix
         factors, source, theoretical = {k: float(kfactors[k]) for k in lines}, kfactor_source, False
     else:
         factors, source, theoretical = _kfactors(lines, {}, kfactor_source, beam_energy_kev)
-    setup = Setup(offset_kev, scale_kev, spectra.shape[-1], detector, tuple(lines), factors, source, theoretical,
+    setup = Setup(offset_kev, scale_kev, spectra.shape[-1], geometry, tuple(lines), factors, source, theoretical,
                   tuple(sorted(set(fit_only) - {line.partition("_")[0] for line in lines})), "given")
     return quantify_spectra(spectra, setup, QuantifyOptions(**options), pixels=pixels, random_state=random_state)

@@ -23,7 +23,7 @@ Electron Microscopy*, 2nd ed., ch. 35):
 - ``ω``: fluorescence yield of that subshell (``xraylib.FluorYield``).
 - ``a``: fraction of its radiative decays in the counted line(s)
   (``xraylib.RadRate`` summed over the transitions exspy's line holds).
-- ``ε``: detector efficiency at exspy's line energy (:class:`Detector`).
+- ``ε``: detector efficiency at exspy's line energy (:class:`EfficiencyModel`).
 
 Not included: vacancies transferred between shells (e.g. K → L3, L → M5, a few
 per cent at 200 kV), absorption and fluorescence in the specimen (thin film),
@@ -78,7 +78,7 @@ WINDOWS = {"none": None, "polymer": ("C22H10N2O5", 1.42), "Be": ("Be", xraylib.E
 
 
 @dataclass(frozen=True)
-class Detector:
+class EfficiencyModel:
     """An energy-dispersive silicon detector, for its efficiency ε(E).
 
     ``ε(E) = T_window(E) · T_Al(E) · T_dead(E) · (1 - exp(-μ_photo ρ t_Si))``:
@@ -140,7 +140,7 @@ class TheoreticalKFactors:
         k-factor per line, ``kfactors[reference] == 1``.
     reference : str
     beam_energy_kev : float
-    detector : Detector
+    detector : EfficiencyModel
     description : str
         One sentence naming the method, the xraylib version, the cross-section
         model and the detector; the provenance of these values in documents.
@@ -153,7 +153,7 @@ class TheoreticalKFactors:
     kfactors: dict[str, float]
     reference: str
     beam_energy_kev: float
-    detector: Detector
+    detector: EfficiencyModel
     description: str
     terms: dict[str, dict[str, float]]
 
@@ -236,8 +236,8 @@ def _attenuation(material: str, energy_kev: float, photo: bool = False) -> float
     return xraylib.CS_Photo_CP(material, energy_kev) if photo else xraylib.CS_Total_CP(material, energy_kev)
 
 
-def detector_efficiency(energy_kev: float, detector: Detector = Detector()) -> float:
-    """Efficiency ε(E) of ``detector`` for X-rays of ``energy_kev``; see :class:`Detector`."""
+def detector_efficiency(energy_kev: float, detector: EfficiencyModel = EfficiencyModel()) -> float:
+    """Efficiency ε(E) of ``detector`` for X-rays of ``energy_kev``; see :class:`EfficiencyModel`."""
     rho_si = xraylib.ElementDensity(14)
     # Areal densities (g/cm²) of the absorbing layers in front of the active Si.
     layers = [("Si", rho_si * detector.dead_layer_um * 1e-4),
@@ -251,7 +251,7 @@ def detector_efficiency(energy_kev: float, detector: Detector = Detector()) -> f
     return transmission * absorbed
 
 
-def line_terms(line: str, beam_energy_kev: float, detector: Detector = Detector()) -> dict[str, float]:
+def line_terms(line: str, beam_energy_kev: float, detector: EfficiencyModel = EfficiencyModel()) -> dict[str, float]:
     """The factors of the k-factor of one exspy line, e.g. ``"Pt_La"``; see the module docstring.
 
     Raises
@@ -295,7 +295,7 @@ def _check_ionisable(line: str, z: int, subshell: str, beam_energy_kev: float) -
                          "lower-energy line of the element or give its k-factor explicitly")
 
 
-def theoretical_kfactors(lines: Iterable[str], beam_energy_kev: float, detector: Detector = Detector(),
+def theoretical_kfactors(lines: Iterable[str], beam_energy_kev: float, detector: EfficiencyModel = EfficiencyModel(),
                          reference: str | None = None) -> TheoreticalKFactors:
     """Theoretical Cliff-Lorimer k-factors of exspy X-ray lines, relative to ``reference``.
 
@@ -305,7 +305,7 @@ def theoretical_kfactors(lines: Iterable[str], beam_energy_kev: float, detector:
         exspy line names, e.g. ``["Fe_Ka", "Pt_La"]``.
     beam_energy_kev : float
         Beam energy (keV), e.g. 200 for 200 kV.
-    detector : Detector
+    detector : EfficiencyModel
         Defaults to a windowless 0.45 mm silicon drift detector.
     reference : str, optional
         Line given k = 1 (must be one of ``lines``; TEM tables use ``"Si_Ka"``).
@@ -342,7 +342,7 @@ def _inverse_sensitivity(t: dict[str, float]) -> float:
                                  * t["efficiency"])
 
 
-def describe(beam_energy_kev: float, detector: Detector, reference: str) -> str:
+def describe(beam_energy_kev: float, detector: EfficiencyModel, reference: str) -> str:
     """The provenance sentence of :class:`TheoreticalKFactors`."""
     return (f"Standardless theoretical Cliff-Lorimer k-factors at {beam_energy_kev:g} kV, relative to "
             f"{reference}, from xraylib {xraylib.__version__} fluorescence yields, radiative rates and "

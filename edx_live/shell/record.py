@@ -25,6 +25,8 @@ from edx_protocol.container import SUFFIX, RecordingWriter
 from edx_live import __version__
 from edx_live.logs import get_logger
 
+from .folders import writable_folder
+
 log = get_logger("record")
 
 #: How often, while the folder is over ``max_total_bytes``, the recorder looks again whether space was freed.
@@ -36,16 +38,8 @@ _PER_FRAME_OVERHEAD = 5
 
 def check_writable(root: Path) -> Path:
     """Create ``root`` (mode 0o700) if needed and check a file can be written there; raise OSError if not."""
-    root = Path(root)
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = root / ".edx-live-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"recording folder {root} is not writable ({exc.strerror or exc}): set "
-                      "[record] dir or --record to a folder this user can write") from None
-    return root
+    return writable_folder(root, "recording folder", "set [record] dir or --record to a folder this user can write",
+                           mode=0o700)
 
 
 def recording_name(acquisition_id: str | None, when: datetime | None = None) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from edx_live.logs import get_logger
 
+from .folders import writable_folder
+
 log = get_logger("service")
 
 
@@ -30,16 +32,8 @@ def session_folder(root: Path, acquisition_id: str) -> Path:
 
 def check_writable(root: Path) -> Path:
     """Create ``root`` if needed and check a file can be written there; raise OSError saying what is wrong."""
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".edx-live-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"session folder {root} is not writable ({exc.strerror or exc}): set "
-                      "[output] sessions_dir to a folder this user can write, or --no-sessions") from None
-    return root
+    return writable_folder(root, "session folder", "set [output] sessions_dir to a folder this user can write, "
+                                                   "or --no-sessions")
 
 
 class SessionWriter:

@@ -12,12 +12,6 @@ from __future__ import annotations
 
 import zmq
 
-#: The interface every default endpoint binds: this computer only.
-LOOPBACK = "127.0.0.1"
-DEFAULT_INPUT = f"tcp://{LOOPBACK}:5556"
-DEFAULT_OUTPUT = f"tcp://{LOOPBACK}:5557"
-DEFAULT_CONTROL = f"tcp://{LOOPBACK}:5558"
-
 #: Results queued per subscriber before PUB drops for that subscriber (documents are conflated downstream).
 PUBLISH_HWM = 1000
 
