@@ -136,3 +136,34 @@ def test_each_document_is_published_as_soon_as_the_refit_yields_it():
     conn.put(stop(2))
     service.run(stop_after=1)
     assert seen_before_second == [True]
+
+
+def test_a_snapshot_that_fails_loses_its_refit_not_the_service(monkeypatch):
+    """The snapshot is taken on the ingest thread: a failure there (no memory for the binned copy) is
+    counted and the acquisition still finishes, with its counts intact."""
+    import edx_live.shell.service as service_module
+    import numpy as np
+    from edx_protocol import encode
+    from test_ingest import events, start, stop
+
+    real = service_module.take_snapshot
+    calls = []
+
+    def failing(acq, *args):
+        calls.append(args[2])  # final
+        if len(calls) == 1:
+            raise MemoryError("no room for the binned copy")
+        return real(acq, *args)
+
+    monkeypatch.setattr(service_module, "take_snapshot", failing)
+    conn, collector = MemoryConnection(), Collector()
+    settings = load_settings(overrides={"refit": {"min_counts": 1, "every_frames": 1}})
+    service = Service(settings, conn, [collector], analyze=lambda s, record: [])
+    conn.put(encode(start()))
+    conn.put(events(1, np.arange(24), np.full(24, 3)))
+    conn.put(events(2, np.arange(24), np.full(24, 4), frame_index=1))
+    conn.put(stop(3, frames=2))
+    service.run(stop_after=1)
+    final = collector.latest("status")[0]
+    assert calls[0] is False and calls[-1] is True
+    assert final.final and final.counts == 48 and final.refit_errors == 1
