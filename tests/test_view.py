@@ -307,6 +307,16 @@ def test_live_page_through_the_real_service(data_dir, browser_page):
             assert "Ti" in table and "±" in table, table
             legend = browser_page.locator(f".edx-legend-{wf} table").inner_text()
             assert "…" not in legend and model.short_label(_latest(feed, wf)[1].clusters[0].elements) in legend, legend
+        # the stop advice and the best follow-up target are on the page, the targets boxed on the maps
+        progress = browser_page.locator("text=stop advice").first
+        assert progress.count() == 1
+        assert browser_page.locator("text=regions").count() >= 1
+        targets = feed.snapshot().targets
+        assert targets is not None and targets.acquisition_id == first_id
+        for wf in ("pca-gmm", "umap-hdbscan"):
+            boxes = model.target_boxes(targets, wf)
+            assert len(boxes["left"]) == sum(wf in t.workflows for t in targets.targets)
+            assert all(0 <= t < b <= targets.scan_shape[0] for t, b in zip(boxes["top"], boxes["bottom"]))
         # the spectra mark the lines the composition quantified
         comp = s.composition["pca-gmm"]
         assert {"Ti_Ka", "O_Ka"} <= set(comp.fit["marked_lines"]), comp.fit.get("marked_lines")

@@ -7,6 +7,7 @@ acquisition than the one shown starts afresh (a new acquisition, or a restarted 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from edx_live.logs import get_logger
 log = get_logger("view")
 
 #: Kinds of document the page shows (topic prefixes).
-SUBSCRIBED = (b"status", b"clusters/", b"composition/", b"image")
+SUBSCRIBED = (b"status", b"clusters/", b"composition/", b"image", b"targets", b"advice")
 
 
 @dataclass
@@ -35,6 +36,8 @@ class State:
     clusters: dict = field(default_factory=dict)        # workflow -> (header, arrays)
     composition: dict = field(default_factory=dict)     # workflow -> header
     image: tuple | None = None                          # (header, arrays)
+    targets: object = None                              # the newest targets document
+    advice: object = None                               # the newest advice document
     count_rate: float | None = None
     received: int = 0
     malformed: int = 0
@@ -75,8 +78,7 @@ class Feed:
         """A shallow copy of the state (documents are immutable once decoded)."""
         with self._lock:
             s = self._state
-            return State(s.acquisition_id, s.status, dict(s.clusters), dict(s.composition), s.image,
-                         s.count_rate, s.received, s.malformed, s.last_message_s, s.version)
+            return dataclasses.replace(s, clusters=dict(s.clusters), composition=dict(s.composition))
 
     def _run(self) -> None:
         sub = Sockets(self._context).subscriber(self.endpoint, SUBSCRIBED)
@@ -113,6 +115,7 @@ class Feed:
         if acq is not None and acq != s.acquisition_id:
             log.info("view_acquisition", acquisition_id=acq, previous=s.acquisition_id)
             s.acquisition_id, s.clusters, s.composition, s.image, s.count_rate = acq, {}, {}, None, None
+            s.targets = s.advice = None
             self._rate = CountRate(deque(maxlen=10))
         kind = header.kind
         if kind == "status":
@@ -129,4 +132,8 @@ class Feed:
             s.composition[header.workflow] = header
         elif kind == "image":
             s.image = (header, arrays)
+        elif kind == "targets":
+            s.targets = header
+        elif kind == "advice":
+            s.advice = header
         s.version += 1

@@ -140,8 +140,9 @@ def marked_lines(composition) -> list[tuple[str, float, str]]:
             for n, e in zip(names, kev)]
 
 
-def progress_rows(status, clusters: Mapping[str, object], count_rate: float | None) -> list[tuple[str, str]]:
-    """(what, value) lines of the acquisition's progress."""
+def progress_rows(status, clusters: Mapping[str, object], count_rate: float | None, advice=None,
+                  targets=None) -> list[tuple[str, str]]:
+    """(what, value) lines of the acquisition's progress, the stop advice and the best target."""
     if status is None:
         return []
     frames = f"{status.frames}" + (f" of {status.expected_frames}" if status.expected_frames else "")
@@ -156,4 +157,23 @@ def progress_rows(status, clusters: Mapping[str, object], count_rate: float | No
         agreement = "" if header.agreement is None else f", agreement {header.agreement:.3f}"
         rows.append((f"{workflow}", ("converged" if header.converged else "not converged")
                      + f" (refit {header.refit}{agreement}; criterion: {header.convergence_criterion or '-'})"))
+    if advice is not None:
+        rows.append(("stop advice", ("STOP: " if advice.stop else "") + advice.message))
+    if targets is not None:
+        rows.append(("targets", f"{len(targets.targets)} regions" + (f"; best: {target_text(targets.targets[0])}"
+                                                                     if targets.targets else "")))
     return rows
+
+
+def target_text(target) -> str:
+    """A target in a few words: its box and why."""
+    r0, c0, r1, c1 = target.box_px
+    return f"rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1} ({', '.join(target.reasons)})"
+
+
+def target_boxes(targets, workflow: str) -> dict[str, list]:
+    """The targets ``workflow`` supports, as quads in scan pixels (row 0 on top) with their rank, for its map."""
+    boxes = [t for t in targets.targets if workflow in t.workflows] if targets is not None else []
+    return {"left": [t.box_px[1] for t in boxes], "right": [t.box_px[3] for t in boxes],
+            "top": [t.box_px[0] for t in boxes], "bottom": [t.box_px[2] for t in boxes],
+            "rank": [str(t.rank) for t in boxes], "why": [", ".join(t.reasons) for t in boxes]}

@@ -104,6 +104,7 @@ class Page:
         self.opacity = Slider(title="cluster map opacity over the ADF image", start=0, end=1, step=0.05, value=0.6,
                               width=MAP_PX)
         self.maps, self.map_sources, self.legends, self.conf_figs, self.tables, self.kfactors = {}, {}, {}, {}, {}, {}
+        self.targets = {wf: ColumnDataSource(model.target_boxes(None, wf)) for wf in WORKFLOWS}  # on each map
         self.adf_sources = {}
         map_figs, conf_figs, legend_tables = [], [], []
         conf_mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="#ff00ff")
@@ -116,6 +117,10 @@ class Page:
             glyph = fig.image_rgba("image", source=src, x="x", y="y", dw="dw", dh="dh", global_alpha=self.opacity.value)
             self.opacity.js_link("value", glyph.glyph, "global_alpha")
             fig.tools[-1].renderers = [glyph]
+            fig.quad(left="left", right="right", top="top", bottom="bottom", source=self.targets[wf], fill_alpha=0,
+                     line_color="white", line_width=1.5, line_dash="dashed")
+            fig.add_layout(LabelSet(x="left", y="top", text="rank", source=self.targets[wf], text_color="white",
+                                    text_font_size="10px", x_offset=1, y_offset=-12))
             self.maps[wf], self.map_sources[wf], self.adf_sources[wf] = fig, src, adf
             conf = _map_figure(f"{wf}: confidence (magenta: unassigned)", [("confidence", "@confidence{0.00}")],
                                self.pixel, f"edx-confidence-{wf}")
@@ -169,6 +174,7 @@ class Page:
             return
         self._seen["version"] = s.version
         self._guarded("progress", self._fill_progress, s)
+        self._guarded("targets", self._fill_targets, s)
         if s.status is not None and getattr(s.status, "pixel_size", None):
             self.pixel.data = {"size": [float(s.status.pixel_size)], "unit": [s.status.pixel_unit]}
         self._guarded("image", self._fill_image, s)
@@ -206,11 +212,18 @@ class Page:
             self.banner.text = text
 
     def _fill_progress(self, s) -> None:
-        rows = model.progress_rows(s.status, {wf: h for wf, (h, _) in s.clusters.items()}, s.count_rate)
+        rows = model.progress_rows(s.status, {wf: h for wf, (h, _) in s.clusters.items()}, s.count_rate, s.advice,
+                                   s.targets)
         self.progress.text = ("<b>acquisition</b><table>"
                               + "".join(f"<tr><td style='{CELL}'>{html.escape(k)}</td><td style='{CELL}'>"
                                         f"{html.escape(v)}</td></tr>" for k, v in rows)
                               + "</table>")
+
+    def _fill_targets(self, s) -> None:
+        if self._seen.get("targets") is not s.targets:
+            self._seen["targets"] = s.targets
+            for wf, source in self.targets.items():
+                source.data = model.target_boxes(s.targets, wf)
 
     def _extent(self, rows: int, cols: int) -> None:
         """Show ``rows`` x ``cols`` scan pixels, row 0 on top, square pixels."""
