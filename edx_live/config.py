@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edx_live.core.ingest import IngestOptions
+from edx_live.quantify import QuantifyOptions
 from edx_live.quantify.entropy import ANIONS
+from edx_live.quantify.setup import SetupOptions
 from edx_live.quantify.kfactors import parse_kfactors, read_kfactor_table
 from edx_live.suggest import AdviceOptions, TargetOptions
 from edx_live.suggest.targets import DEFAULT_WEIGHTS
@@ -202,6 +204,23 @@ class QuantifySettings(_Section):
         if value is not None and not 0 <= value[0] < value[1]:
             raise ValueError(f"fit_range_kev must be [low, high] with 0 <= low < high keV, got {list(value)}")
         return value
+
+    def options(self) -> QuantifyOptions:
+        """The quantifier's own options (what measures and quantifies the cluster spectra)."""
+        return QuantifyOptions(intensities=self.intensities, background_order=self.background_order,
+                               fit_range_kev=self.fit_range_kev, calibrate=tuple(self.calibrate),
+                               recalibrate_growth=self.recalibrate_growth, replicas=self.replicas,
+                               bootstrap=self.bootstrap, weighting=self.weighting,
+                               thickness_nm=self.absorption_thickness_nm, sublattice=tuple(self.sublattice),
+                               sublattice_exclude=tuple(self.sublattice_exclude), cluster_pixels=self.cluster_pixels,
+                               detection_sigma=self.detection_sigma, target_sigma=self.target_sigma_at)
+
+    def setup_options(self) -> SetupOptions:
+        """What names the acquisition's lines (:func:`edx_live.quantify.setup.acquisition_setup`)."""
+        fit_only = self.fit_only_elements if self.fit_only_elements == "auto" else tuple(self.fit_only_elements)
+        return SetupOptions(elements=tuple(self.elements), xray_lines=tuple(self.xray_lines),
+                            propose_elements=self.propose_elements, fit_only_elements=fit_only,
+                            calibrate_axis="axis" in self.calibrate)
 
     def user_kfactors(self) -> dict[str, float]:
         """The table's k-factors overridden by the ones given one by one."""

@@ -22,7 +22,7 @@ from edx_live.core.snapshot import Snapshot
 from edx_live.pipeline.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
 from edx_live.pipeline.state import AcquisitionRecord
-from edx_live.quantify import ClusterQuantifier, QuantifyOptions
+from edx_live.quantify import ClusterQuantifier
 from edx_live.quantify.composition import Setup
 from edx_live.quantify.kfactors import USER_KFACTORS
 from edx_live.quantify.setup import acquisition_setup, with_peaks_of
@@ -48,17 +48,6 @@ class WorkflowOutput:
     quantification: object | None
     quantify_seconds: float
     convergence: ConvergenceState | None = None
-
-
-def quantify_options(q) -> QuantifyOptions:
-    """The quantification options of a ``[quantify]`` settings section."""
-    return QuantifyOptions(intensities=q.intensities, background_order=q.background_order,
-                           fit_range_kev=q.fit_range_kev, calibrate=tuple(q.calibrate),
-                           recalibrate_growth=q.recalibrate_growth, replicas=q.replicas, bootstrap=q.bootstrap,
-                           weighting=q.weighting, thickness_nm=q.absorption_thickness_nm,
-                           sublattice=tuple(q.sublattice), sublattice_exclude=tuple(q.sublattice_exclude),
-                           cluster_pixels=q.cluster_pixels, detection_sigma=q.detection_sigma,
-                           target_sigma=q.target_sigma_at)
 
 
 class Analyzer:
@@ -109,7 +98,7 @@ class Analyzer:
     def reconfigure(self, settings) -> None:
         """Use ``settings`` from the next refit on (a running refit keeps the ones it started with)."""
         self.settings = settings
-        self._quantifier = ClusterQuantifier(quantify_options(settings.quantify))
+        self._quantifier = ClusterQuantifier(settings.quantify.options())
         q = settings.quantify
         self._user_kfactors = q.user_kfactors()
         self._user_source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
@@ -246,7 +235,7 @@ class Analyzer:
         counts = float(total.sum())
         grown = "axis" in q.calibrate and counts >= q.recalibrate_growth * cache.get("counts", 0.0)
         if setup is None or setup.elements_source.startswith("proposed") or grown:
-            setup = acquisition_setup(start=snapshot.start, settings=q, offset_kev=snapshot.offset_kev,
+            setup = acquisition_setup(start=snapshot.start, options=q.setup_options(), offset_kev=snapshot.offset_kev,
                                       scale_kev=snapshot.scale_kev, channels=snapshot.cube.shape[-1], total=total,
                                       user_kfactors=self._user_kfactors, user_source=self._user_source)
             calibrated_at = counts

@@ -8,6 +8,8 @@ k-factors are computed and labelled as such.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -22,7 +24,30 @@ class SetupError(ValueError):
     """Nothing can be quantified yet; the message says what to give."""
 
 
-def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, channels: int,
+@dataclass(frozen=True)
+class SetupOptions:
+    """What names the lines of an acquisition (the ``[quantify]`` keys that do).
+
+    Attributes
+    ----------
+    elements, xray_lines : tuple of str
+        Override the acquisition start's; empty: the start's.
+    propose_elements : bool
+        With no element named anywhere, propose them from the total spectrum's peaks.
+    fit_only_elements : tuple of str, or "auto"
+        Modelled but not quantified; "auto": the peaks of the total spectrum (:func:`with_peaks_of`).
+    calibrate_axis : bool
+        Calibrate the energy axis on the total spectrum's peaks when the setup is made.
+    """
+
+    elements: tuple[str, ...] = ()
+    xray_lines: tuple[str, ...] = ()
+    propose_elements: bool = True
+    fit_only_elements: tuple[str, ...] | str = "auto"
+    calibrate_axis: bool = True
+
+
+def acquisition_setup(*, start, options: SetupOptions, offset_kev: float, scale_kev: float, channels: int,
                       total: np.ndarray | None, user_kfactors: Mapping[str, float],
                       user_source: str = USER_KFACTORS) -> Setup:
     """The :class:`Setup` of an acquisition.
@@ -30,9 +55,9 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     Parameters
     ----------
     start : edx_protocol.Start
-    settings : edx_live.config.QuantifySettings
+    options : SetupOptions
     offset_kev, scale_kev, channels : float, float, int
-        Energy axis of the accumulated cube, as declared. With "axis" in ``settings.calibrate``
+        Energy axis of the accumulated cube, as declared. With ``options.calibrate_axis``
         the setup's axis is calibrated on the peaks of ``total`` (:mod:`.calibration`).
     total : numpy.ndarray or None
         Total spectrum, for calibrating the axis and proposing elements when none are named.
@@ -43,15 +68,15 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
     """
     det = start.detectors[0]
     geometry = Geometry(start.beam_energy_kev, det.elevation_deg, det.azimuth_deg, det.energy_resolution_mnka_ev)
-    xray_lines, elements, source = _named(start, settings)
+    xray_lines, elements, source = _named(start, options)
     axis = None
-    if "axis" in settings.calibrate and total is not None:
+    if options.calibrate_axis and total is not None:
         known = set(elements) | {line.partition("_")[0] for line in xray_lines}
         axis = calibrate_axis(total, offset_kev, scale_kev, start.beam_energy_kev,
                               resolution_ev=geometry.resolution_ev or 130.0, elements=known)
         offset_kev, scale_kev = axis.offset_kev, axis.scale_kev
     if not xray_lines and not elements:
-        if not settings.propose_elements or total is None:
+        if not options.propose_elements or total is None:
             raise SetupError("no elements: name them in the acquisition start, in [quantify] elements or with "
                              "--element, or set [quantify] propose_elements = true")
         elements, source = _proposed(total, offset_kev, scale_kev, geometry)
@@ -62,7 +87,7 @@ def acquisition_setup(*, start, settings, offset_kev: float, scale_kev: float, c
                          "acquisition start or in [quantify] elements")
     kfactors, kfactor_source, theoretical = _kfactors(lines, user_kfactors, user_source, start.beam_energy_kev)
     quantified = {line.partition("_")[0] for line in lines}
-    named = [] if settings.fit_only_elements == "auto" else settings.fit_only_elements
+    named = [] if options.fit_only_elements == "auto" else options.fit_only_elements
     fit_only = tuple(sorted(set(named) - quantified))
     return Setup(offset_kev, scale_kev, channels, geometry, tuple(lines), kfactors, kfactor_source, theoretical,
                  fit_only, source, axis)
@@ -84,9 +109,9 @@ def with_peaks_of(setup: Setup, total: np.ndarray) -> Setup:
     return replace(setup, fit_only=tuple(sorted(set(setup.fit_only) | extra))) if extra else setup
 
 
-def _named(start, settings) -> tuple[list[str], list[str], str]:
-    if settings.xray_lines or settings.elements:
-        return list(settings.xray_lines), list(settings.elements), "config"
+def _named(start, options: SetupOptions) -> tuple[list[str], list[str], str]:
+    if options.xray_lines or options.elements:
+        return list(options.xray_lines), list(options.elements), "config"
     return list(start.xray_lines), list(start.elements), "acquisition start"
 
 
