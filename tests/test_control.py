@@ -261,3 +261,52 @@ def test_the_golden_control_messages_are_what_the_service_sends_and_takes(app):
     refused = encode_request("set", values={"refit.interval_s": -1})
     assert raw(app, [refused]) == decode_reply(messages["set_refused"])
     assert ctl(app, "set", values={"refit.interval_s": before}).ok
+
+
+def _free_port() -> int:
+    probe = zmq.Context.instance().socket(zmq.REP)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    return port
+
+
+def test_serve_as_a_user_runs_it(tmp_path):
+    """``edx-live serve`` with control, recording and session folders, fed by ``edx-live-replay``: the health
+    check answers, and once the one acquisition asked for is finished the process exits with its session
+    folder and its recording complete on disk."""
+    import subprocess
+    import sys
+
+    from edx_protocol.container import read_recording
+
+    ports = {name: _free_port() for name in ("input", "output", "control")}
+    address = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "edx_live.cli", "serve", "--input", address["input"], "--output", address["output"],
+         "--control", address["control"], "--record", str(tmp_path / "rec"), "--sessions", str(tmp_path / "ses"),
+         "--acquisitions", "1", "--workflow", "pca-gmm", "--kfactor", "Fe_Ka=1.450226", "--kfactor",
+         "Pt_La=5.075602", "--log-format", "json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        def health():
+            try:
+                return call(address["control"], "status", timeout_s=2)
+            except TimeoutError:  # not listening yet: what a health check sees while the service starts
+                return None
+
+        status = _until(health, timeout_s=120, what="the health check")
+        assert status.result["state"] == "idle"
+        replay = subprocess.run([sys.executable, "-m", "edx_adapters.cli", str(bundled_dataset()), "--frames", "3",
+                                 "--address", address["input"], "--acquisition-id", "served-1"],
+                                capture_output=True, text=True, timeout=120)
+        assert replay.returncode == 0, replay.stderr
+        out, _ = serve.communicate(timeout=300)
+    finally:
+        serve.kill()
+    assert serve.returncode == 0, out[-3000:]
+    folder = tmp_path / "ses" / "served-1"
+    assert (folder / "spectrum_image.hspy").is_file() and (folder / "report.png").is_file(), out[-3000:]
+    (recording,) = (tmp_path / "rec").glob("served-1-*.edxrec")
+    entries = list(read_recording(recording))
+    assert sum(e.kind == "message" for e in entries) == 3 * 64 + 2  # the start, 64 messages a sweep, the stop
+    assert [e.fields["final"] for e in entries if e.kind == "marker"][-1] is True

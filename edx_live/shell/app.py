@@ -168,13 +168,13 @@ class App:
         self.service.stop() if hasattr(self, "service") else None
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the service, wait for it and its session folders, close every socket."""
+        """Stop the service, wait for it and for the session folders being written, close every socket."""
         self.stop()
+        deadline = time.monotonic() + timeout_s
         if getattr(self, "_thread", None) is not None:
-            deadline = time.monotonic() + timeout_s
             self._thread.join(timeout_s)
-            if self.sessions is not None:
-                self.sessions.join(max(0.0, deadline - time.monotonic()))
+        if getattr(self, "sessions", None) is not None:  # folders being written are finished, not cut short
+            self.sessions.join(max(1.0, deadline - time.monotonic()))
         for close in reversed(self._closers):
             try:
                 close()
