@@ -17,8 +17,6 @@ import warnings
 from edx_protocol.control import COMMANDS as CTL_COMMANDS
 from edx_protocol.endpoints import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
 
-from edx_live.logs import configure
-
 
 def _kv(text: str) -> str:
     if "=" not in text:
@@ -204,6 +202,8 @@ def _process(settings, args) -> int:
 def _demo(args) -> int:
     from edx_live.shell.demo import run_demo
 
+    from edx_live.logs import configure
+
     configure("console", "warning")
     seconds = run_demo(frames=args.frames, interval_s=args.interval, view=not args.no_view,
                        view_port=args.view_port)
@@ -218,6 +218,8 @@ def _view(args) -> int:
         print(f"edx-live view: error: {exc.name or exc} is not installed; install the viewer with "
               "pip install 'edx-live[viewer]'", file=sys.stderr)
         return 2
+    from edx_live.logs import configure
+
     configure("console", args.log_level)
     try:
         serve(args.connect, args.address, args.port, args.allow_origin)
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
     if args.command == "replay":
         return _replay(args)
     from edx_live.config import ConfigError, load_settings
+    from edx_live.logs import configure
 
     try:
         settings = load_settings(args.config, _overrides(args))

@@ -310,3 +310,15 @@ def test_serve_as_a_user_runs_it(tmp_path):
     entries = list(read_recording(recording))
     assert sum(e.kind == "message" for e in entries) == 3 * 64 + 2  # the start, 64 messages a sweep, the stop
     assert [e.fields["final"] for e in entries if e.kind == "marker"][-1] is True
+
+
+def test_the_client_needs_only_the_protocol_and_pyzmq():
+    """``edx-live ctl`` as a health check: no analysis stack, no logging library, no configuration."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from edx_live.cli import _parser; from edx_live.shell.ctl import call; "
+            "heavy = {'sklearn', 'hyperspy', 'exspy', 'umap', 'hdbscan', 'numba', 'structlog', 'edx_live.config'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

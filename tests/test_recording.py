@@ -22,8 +22,15 @@ from structlog.testing import capture_logs
 from edx_adapters.cli import main as replay_main
 from edx_adapters.recording import recording_messages, refit_points, send_recording
 from edx_live.core.ingest import Ingest, IngestOptions
+from edx_live.logs import configure
 from edx_live.shell import record
 from edx_live.shell.record import Recorder, check_writable
+
+@pytest.fixture(autouse=True)
+def _info_logs():
+    """The recorder's info events are part of what these tests check, whatever level an earlier test set."""
+    configure("console", "info")
+
 
 ODD_FRAMES = [b"", b"x", bytes(range(256)) * 3 + b"\x07", b"", np.arange(70_001, dtype=np.uint8).tobytes(), b"\x00"]
 
