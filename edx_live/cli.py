@@ -1,5 +1,5 @@
 """``edx-live``: serve, process a file or a recording offline, view or control a running service, replay a
-recording, or run the demo.
+recording, run the demo, or create CurveZMQ keys.
 
 Every analysis option can also come from the configuration file (``--config``)
 or the environment (``EDX_LIVE_*``); the command line wins.
@@ -71,6 +71,35 @@ def _overrides(args: argparse.Namespace) -> dict:
     return prune(tree)
 
 
+def _client_keys_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CurveZMQ (a service with [security] curve = true; README: Security)")
+    g.add_argument("--curve-secret-key", metavar="FILE",
+                   help="this client's secret key file (NAME.key_secret, from edx-live keys)")
+    g.add_argument("--curve-server-key", metavar="FILE", help="the service's public key file (server.key)")
+    g.add_argument("--config", help="or: a TOML configuration file whose [security] client_secret_key and "
+                   "server_public_key are used")
+
+
+KEYS_HELP = """Writes into DIR (mode 700): the service's pair server.key (public) and server.key_secret (secret,
+mode 600), a pair NAME.key / NAME.key_secret per --client, and DIR/authorized/ (mode 700) holding
+the public key of every client allowed in. Run it again to add clients; the server pair is kept.
+
+The service's configuration:            [security] curve = true
+                                         server_secret_key = "DIR/server.key_secret"
+                                         authorized_keys = "DIR/authorized"
+Each client gets its NAME.key_secret and server.key (copy them over a trusted channel):
+  producer   edx-live-replay ... --curve-secret-key NAME.key_secret --curve-server-key server.key
+  viewer     edx-live view   ... --curve-secret-key NAME.key_secret --curve-server-key server.key
+  control    edx-live ctl    ... --curve-secret-key NAME.key_secret --curve-server-key server.key
+A client's public key made elsewhere (its NAME.key) is authorised by copying it into DIR/authorized.
+
+Rotation: --replace NAME writes a new pair (the old one stops working), --revoke NAME removes
+DIR/authorized/NAME.key. The service re-reads DIR/authorized every [security] reload_s (2 s): new
+connections follow the folder; a client already connected stays until it disconnects, so restart
+the service to cut a revoked client off at once. --new-server replaces the server pair (restart
+the service, give every client the new server.key)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edx-live", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
                       help="another name a browser reaches the page by (repeatable)")
     view.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
+    _client_keys_options(view)
     ctl = sub.add_parser("ctl", help="send a command to a running service (exit 0 only on success)")
     ctl.add_argument("ctl_command", metavar="COMMAND", choices=list(CTL_COMMANDS),
                      help=", ".join(CTL_COMMANDS))
@@ -115,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--connect", default=DEFAULT_CONTROL, metavar="ADDR",
                      help=f"the service's control endpoint (default {DEFAULT_CONTROL})")
     ctl.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the reply (5)")
+    _client_keys_options(ctl)
     rep = sub.add_parser("replay", help="send a recording again, byte for byte, to a service")
     rep.add_argument("recording", help=".edxrec file written by serve --record")
     rep.add_argument("--to", default=DEFAULT_INPUT, metavar="ADDR",
@@ -126,15 +157,72 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--interval", type=float, help="seconds between sweeps (1 in a terminal, else 0.5)")
     demo.add_argument("--view-port", type=int, default=5006, help="port of the web page on 127.0.0.1 (5006)")
     demo.add_argument("--no-view", action="store_true", help="no web page")
+    keys = sub.add_parser("keys", help="create CurveZMQ key pairs for the service and its clients",
+                          description="Create CurveZMQ key pairs for the service and its clients ([security]).",
+                          epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys.add_argument("folder", metavar="DIR", help="key folder (created with mode 700; an existing one must "
+                      "not be open to other users)")
+    keys.add_argument("--client", action="append", default=[], metavar="NAME",
+                      help="write and authorise a client pair NAME (repeatable): producer, viewer, ctl...")
+    keys.add_argument("--replace", action="store_true", help="write new pairs for --client names that exist")
+    keys.add_argument("--revoke", action="append", default=[], metavar="NAME",
+                      help="remove NAME's public key from DIR/authorized (repeatable)")
+    keys.add_argument("--new-server", action="store_true", help="replace the server pair as well")
     return parser
+
+
+def _client_security(args):
+    """The client keys of ``view`` and ``ctl``: the two --curve-* files, else --config's [security]; None: plain.
+
+    A ValueError (ConfigError, SecurityError) says what is wrong.
+    """
+    secret, server = args.curve_secret_key, args.curve_server_key
+    if (secret is None) != (server is None):
+        raise ValueError("--curve-secret-key and --curve-server-key go together: give both or neither")
+    if secret is not None:
+        from edx_protocol.security import Security, load_client_keys
+
+        return Security(client=load_client_keys(secret, server))
+    if args.config:
+        from edx_live.config import load_settings
+
+        return load_settings(args.config).security.load("client")
+    return None
+
+
+def _keys(args) -> int:
+    from edx_protocol.security import SecurityError, create_keys
+
+    try:
+        made = create_keys(args.folder, args.client, replace=args.replace, new_server=args.new_server,
+                           revoke=args.revoke)
+    except (SecurityError, OSError) as exc:
+        print(f"edx-live keys: error: {exc}", file=sys.stderr)
+        return 2
+    admitted = sorted(p.name for p in made.authorized.glob("*.key"))
+    print(f"edx-live keys: {made.folder} (mode 700){': wrote ' + ', '.join(made.created) if made.created else ''}"
+          f"{'; revoked ' + ', '.join(args.revoke) if args.revoke else ''}")
+    print(f"  service:  server.key_secret stays on the service's PC; in its configuration:\n"
+          f"              [security]\n              curve = true\n"
+          f"              server_secret_key = \"{made.server_secret}\"\n"
+          f"              authorized_keys = \"{made.authorized}\"")
+    print(f"  admitted: {', '.join(admitted) or 'no client yet'} (public keys in {made.authorized}; "
+          "copy another client's NAME.key there to admit it, delete it to revoke)")
+    for name, secret in made.clients.items():
+        if name in made.created:
+            print(f"  client {name}: give it {secret} and {made.server_public} (--curve-secret-key, "
+                  "--curve-server-key); keep the secret file private")
+    return 0
 
 
 def _ctl(args) -> int:
     from edx_live.shell.ctl import call, parse_values
+    from edx_live.shell.sockets import Sockets
 
     try:
         fields = parse_values(args.ctl_command, args.values)
-        reply = call(args.connect, args.ctl_command, timeout_s=args.timeout, **fields)
+        sockets = Sockets(security=_client_security(args))
+        reply = call(args.connect, args.ctl_command, timeout_s=args.timeout, sockets=sockets, **fields)
     except (ValueError, TimeoutError, OSError) as exc:
         print(f"edx-live ctl: error: {exc}", file=sys.stderr)
         return 2
@@ -160,19 +248,26 @@ class StartupError(Exception):
 
 def _serve(settings, args) -> int:
     from edx_live.core.kernels import warm_up as warm_up_kernels
+    from edx_live.logs import get_logger
     from edx_live.segment import warm_up
     from edx_live.shell.app import App
+    from edx_live.shell.sockets import Sockets
 
+    # Keys are read and checked before anything binds: a bad path stops here (ConfigError).
+    sockets = Sockets(security=settings.security.load("server"), log=get_logger("security"))
     try:
-        app = App(settings, sessions=not args.no_sessions, warm_up=warm_up)
-    except OSError as exc:
-        raise StartupError(str(exc)) from None
-    with app:
-        warm_up_kernels()
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: app.stop())
-        app.run(stop_after=args.acquisitions)
+        try:
+            app = App(settings, sessions=not args.no_sessions, warm_up=warm_up, sockets=sockets)
+        except OSError as exc:
+            raise StartupError(str(exc)) from None
+        with app:
+            warm_up_kernels()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: app.stop())
+            app.run(stop_after=args.acquisitions)
+    finally:
+        sockets.close()  # after the app's sockets: the ZAP handler stops last
     return 0
 
 
@@ -222,7 +317,13 @@ def _view(args) -> int:
 
     configure("console", args.log_level)
     try:
-        serve(args.connect, args.address, args.port, args.allow_origin)
+        security = _client_security(args)
+    except ValueError as exc:
+        print(f"edx-live view: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(args.connect, args.address, args.port, args.allow_origin,
+              keys=security.client if security is not None else None)
     except OSError as exc:
         print(f"edx-live view: error: cannot serve on {args.address}:{args.port}: {exc.strerror or exc}; "
               "choose another --port or --address", file=sys.stderr)
@@ -245,6 +346,8 @@ def main(argv=None) -> int:
         return _ctl(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "keys":
+        return _keys(args)
     from edx_live.config import ConfigError, load_settings
     from edx_live.logs import configure
 

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from edx_protocol import TARGET_REASONS
 from edx_protocol.endpoints import DEFAULT_CONTROL, DEFAULT_INPUT, DEFAULT_OUTPUT
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from edx_protocol.security import Security, SecurityError, load_client_keys, load_server_keys
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edx_live.core.ingest import IngestOptions
@@ -47,6 +48,9 @@ class InputSettings(_Section):
         "connection (ZMQ_MAXMSGSIZE); a larger multipart message is refused (too_large)."))
     max_seq_gap: int = Field(IngestOptions.max_seq_gap, ge=1, description=(
         "A message further ahead of the next expected seq is refused (seq_out_of_window)."))
+    producer_timeout_s: float | None = Field(300.0, gt=0, description=(
+        "An acquisition that receives nothing for this long is closed as if stopped (stop reason "
+        "producer_timeout): finally refitted and exported, saying so. None = wait for its stop forever."))
 
     @property
     def binds(self) -> bool:
@@ -57,7 +61,7 @@ class OutputSettings(_Section):
     """Where results go."""
 
     address: str = Field(DEFAULT_OUTPUT, description="PUB endpoint the service binds.")
-    status_interval_s: float = Field(1.0, gt=0, description="Seconds between status documents.")
+    status_interval_s: float = Field(1.0, ge=0.01, description="Seconds between status documents.")
     sessions_dir: Path | None = Field(
         Path("sessions"), description="A session folder per finished acquisition is written under it "
                                        "(spectrum image, maps, compositions, report.png); None = none.")
@@ -80,6 +84,9 @@ class RecordSettings(_Section):
                                            "None = no limit.")
     fsync: bool = Field(False, description="Also fsync every message (survives a power cut, not only a crash; "
                                            "slower).")
+    recover: bool = Field(True, description=(
+        "At start-up, resume the acquisitions a killed service left unfinished in dir (their recording "
+        "and checkpoint), then accept the rest of their stream."))
 
 
 class AccumulateSettings(_Section):
@@ -110,6 +117,15 @@ class RefitSettings(_Section):
 
 Scaling = Literal["robust", "poisson", "none"]
 
+# Upper bounds of what a refit may be asked to do (also over the control socket): each well above any
+# useful value, each small enough that one refit stays seconds, not hours or all the memory.
+MAX_COMPONENTS = 64      # PCA components / embedding dimensions
+MAX_CLUSTERS = 32        # mixture components tried
+MAX_REBIN = 256          # channels summed
+MAX_FIT_SAMPLES = 2**20  # pixels fitted
+MAX_NEIGHBORS = 500      # UMAP neighbours
+MAX_RESAMPLES = 4096     # Poisson replicas, bootstrap samples
+
 
 #: Upper edge of the channels a workflow fits: a number (keV), "auto" or "all".
 EnergyMax = Annotated[float, Field(gt=0)] | Literal["auto", "all"]
@@ -118,31 +134,37 @@ ENERGY_MAX_HELP = ("Channels fitted up to this energy (keV); auto = highest line
 
 
 class PcaGmmSettings(_Section):
-    n_components: int | None = Field(None, ge=1, description="PCA components; None = scree change point.")
-    n_clusters: int | None = Field(None, ge=1, description="Mixture components; None = lowest ICL.")
+    n_components: int | None = Field(None, ge=1, le=MAX_COMPONENTS,
+                                     description="PCA components; None = scree change point.")
+    n_clusters: int | None = Field(None, ge=1, le=MAX_CLUSTERS, description="Mixture components; None = lowest ICL.")
     scaling: Scaling = Field("poisson", description="Per-channel scaling before PCA (the study: robust).")
-    energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
-    max_components: int = Field(20, ge=2)
-    max_clusters: int = Field(8, ge=2)
+    energy_rebin: int = Field(8, ge=1, le=MAX_REBIN,
+                              description="Channels summed before fitting (8 x 20 eV ~ resolution).")
+    max_components: int = Field(20, ge=2, le=MAX_COMPONENTS, description="Most PCA components the scree looks at.")
+    max_clusters: int = Field(8, ge=2, le=MAX_CLUSTERS, description="Most mixture components the ICL tries.")
     covariance_type: Literal["tied", "full", "diag", "spherical"] = Field(
         "tied", description="Mixture covariance; tied = one noise model for every phase.")
     merge_mixed: bool = Field(True, description="Merge mixed-pixel and thickness components (auto count only).")
-    max_fit_samples: int = Field(8192, ge=100, description="Pixels used to choose the cluster count.")
+    max_fit_samples: int = Field(8192, ge=100, le=MAX_FIT_SAMPLES,
+                                 description="Pixels used to choose the cluster count.")
     energy_max_kev: EnergyMax = Field("auto", description=ENERGY_MAX_HELP)
-    random_state: int = 0
+    random_state: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the fits (numpy's range).")
 
 
 class UmapHdbscanSettings(_Section):
-    n_components: int = Field(4, ge=2)
-    n_neighbors: int = Field(15, ge=2)
+    n_components: int = Field(4, ge=2, le=MAX_COMPONENTS, description="Dimensions of the UMAP embedding.")
+    n_neighbors: int = Field(15, ge=2, le=MAX_NEIGHBORS, description="Neighbours UMAP's graph joins per pixel.")
     min_cluster_size: int | None = Field(
         None, ge=2, description="Pixels (binned) the smallest feature covers; None = 0.5 % of the pixels.")
     scaling: Scaling = Field("poisson", description="Per-channel scaling (the study: robust; see README).")
-    energy_rebin: int = Field(8, ge=1, description="Channels summed before fitting (8 x 20 eV ~ resolution).")
-    pca_components: int | None = Field(None, ge=0, description="PCA before UMAP; None = scree knee, 0 = none.")
+    energy_rebin: int = Field(8, ge=1, le=MAX_REBIN,
+                              description="Channels summed before fitting (8 x 20 eV ~ resolution).")
+    pca_components: int | None = Field(None, ge=0, le=MAX_COMPONENTS,
+                                       description="PCA before UMAP; None = scree knee, 0 = none.")
     energy_max_kev: EnergyMax = Field("all", description=ENERGY_MAX_HELP + " Default all: see README.")
-    max_fit_samples: int = Field(16384, ge=100, description="Larger scans: fit a sample, place the rest.")
-    random_state: int = 0
+    max_fit_samples: int = Field(16384, ge=100, le=MAX_FIT_SAMPLES,
+                                 description="Larger scans: fit a sample, place the rest.")
+    random_state: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the fits (numpy's range).")
 
 
 class QuantifySettings(_Section):
@@ -166,8 +188,9 @@ class QuantifySettings(_Section):
         description="Calibrations on the total spectrum: energy axis offset and gain from its peaks, detector "
                     "resolution, model energy offset.")
     recalibrate_growth: float = Field(2.0, gt=1, description="Recalibrate when the counts grew this much.")
-    replicas: int = Field(64, ge=0, description="Poisson replicas for the counting uncertainty (0 = none).")
-    bootstrap: int = Field(64, ge=0, description="Pixel-bootstrap samples for the spread (0 = none).")
+    replicas: int = Field(64, ge=0, le=MAX_RESAMPLES,
+                          description="Poisson replicas for the counting uncertainty (0 = none).")
+    bootstrap: int = Field(64, ge=0, le=MAX_RESAMPLES, description="Pixel-bootstrap samples for the spread (0 = none).")
     weighting: Literal["membership", "hard"] = Field(
         "membership", description="Weight pixels by their confidence in the cluster, or hard masks.")
     absorption_thickness_nm: float | None = Field(
@@ -235,7 +258,7 @@ class TrackingSettings(_Section):
     min_similarity: float = Field(0.5, ge=0, le=1, description="Pairs less similar are never matched.")
     ari_threshold: float = Field(0.95, ge=0, le=1, description="Least label agreement with the previous refit.")
     spectrum_threshold: float = Field(0.05, ge=0, le=1, description="Largest Hellinger change of a spectrum.")
-    patience: int = Field(2, ge=1, description="Consecutive refits within both thresholds before converged.")
+    patience: int = Field(2, ge=1, le=1000, description="Consecutive refits within both thresholds before converged.")
 
 
 class TargetSettings(_Section):
@@ -292,6 +315,64 @@ class AdviceSettings(_Section):
         return AdviceOptions(**self.model_dump(exclude={"enabled"}))
 
 
+class SecuritySettings(_Section):
+    """CurveZMQ encryption and client keys (README: Security); off by default.
+
+    A program's sockets that bind (the service's input, results and control) are CURVE servers
+    and admit only the clients whose public key is in ``authorized_keys``; the sockets it
+    connects (the viewer, ``edx-live ctl``, an input SUB) are CURVE clients of ``server_public_key``.
+    Keys and folders come from ``edx-live keys DIR``; they are read and checked at start-up.
+    """
+
+    curve: bool = Field(False, description=(
+        "Encrypt every socket with CurveZMQ and admit only authorised clients; false = plain ZeroMQ."))
+    server_secret_key: Path | None = Field(None, description=(
+        "This service's secret key file (server.key_secret of edx-live keys), for the sockets it binds."))
+    authorized_keys: Path | None = Field(None, description=(
+        "Folder of the public key files (NAME.key) of the clients admitted: producers, viewers, edx-live ctl."))
+    reload_s: float | None = Field(2.0, gt=0, le=3600, description=(
+        "Seconds between looks at authorized_keys: a key file added or removed counts for new connections; "
+        "None = read at start-up only."))
+    client_secret_key: Path | None = Field(None, description=(
+        "This program's client secret key file (NAME.key_secret), for the sockets it connects "
+        "(the viewer, edx-live ctl, an input SUB that connects)."))
+    server_public_key: Path | None = Field(None, description=(
+        "Public key file (server.key) of the server those sockets connect to."))
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "SecuritySettings":
+        for one, other in (("server_secret_key", "authorized_keys"), ("client_secret_key", "server_public_key")):
+            if (getattr(self, one) is None) != (getattr(self, other) is None):
+                raise ValueError(f"{one} and {other} go together: give both or neither "
+                                 "(edx-live keys DIR writes both)")
+        if self.curve and self.server_secret_key is None and self.client_secret_key is None:
+            raise ValueError("curve = true needs keys: server_secret_key and authorized_keys for a service, "
+                             "client_secret_key and server_public_key for a client; create them with "
+                             "`edx-live keys DIR --client NAME`")
+        return self
+
+    def load(self, side: Literal["server", "client"] | None = None):
+        """The keys, read and checked (an ``edx_protocol.security.Security``), or None when curve is off.
+
+        ``side`` names the keys this program cannot do without; ConfigError says what is missing or wrong.
+        """
+        if not self.curve:
+            return None
+        needed = {"server": ("server_secret_key", "authorized_keys"),
+                  "client": ("client_secret_key", "server_public_key")}.get(side, ())
+        if needed and getattr(self, needed[0]) is None:
+            raise ConfigError(f"[security] curve = true, and this program needs {' and '.join(needed)}: set them "
+                              "in the configuration file (create the files with `edx-live keys DIR --client NAME`)")
+        try:
+            server = (load_server_keys(self.server_secret_key, self.authorized_keys, self.reload_s)
+                      if self.server_secret_key is not None else None)
+            client = (load_client_keys(self.client_secret_key, self.server_public_key)
+                      if self.client_secret_key is not None else None)
+        except SecurityError as exc:
+            raise ConfigError(f"[security]: {exc}") from None
+        return Security(server=server, client=client)
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see each section."""
 
@@ -309,6 +390,7 @@ class Settings(BaseSettings):
     advice: AdviceSettings = Field(default_factory=AdviceSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -12,7 +12,8 @@ from collections import Counter
 
 import structlog
 
-CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "control", "record", "view")
+CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "control", "record", "recover",
+            "view", "security")
 
 
 class _StderrLogger:

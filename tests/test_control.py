@@ -165,12 +165,15 @@ def test_refit_list_export_reset_and_targets_while_acquiring(app, push, sweeps, 
     targets = ctl(app, "targets")
     assert targets.ok and targets.result["kind"] == "targets" and targets.result["acquisition_id"] == "ctl-1"
 
-    folder = tmp_path / "exported"
-    reply = ctl(app, "export", folder=str(folder))
+    outside = ctl(app, "export", folder=str(tmp_path / "exported"))  # a client writes in the sessions folder only
+    assert not outside.ok and "not inside the sessions folder" in outside.error
+    assert not ctl(app, "export", folder="../escaped").ok
+    folder = (app.sessions.root / "exported").resolve()
+    reply = ctl(app, "export", folder="exported")
     assert reply.ok and reply.result == {"acquisition_id": "ctl-1", "folder": str(folder)}
     app.sessions.join(120)
     assert (folder / "spectrum_image.hspy").is_file() and (folder / "summary.json").is_file()
-    again = ctl(app, "export", folder=str(folder))
+    again = ctl(app, "export", folder=str(folder))  # absolute, inside the sessions folder
     assert not again.ok and "exists already" in again.error
     unknown = ctl(app, "export", acquisition_id="nope")
     assert not unknown.ok and "no acquisition 'nope'" in unknown.error

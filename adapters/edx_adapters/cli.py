@@ -3,8 +3,9 @@
 Example::
 
     edx-live-replay core_shell.hspy --frames 20 --interval 2
-    edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://*:5556
+    edx-live-replay "Test SI 16x16 215 kx.emd" --socket pub --address tcp://127.0.0.1:5556
     edx-live-replay recordings/run-20250101T120000.edxrec --speed 10
+    edx-live-replay core_shell.hspy --curve-secret-key keys/producer.key_secret --curve-server-key keys/server.key
 
 A recorded session (``.edxrec``, written by ``edx-live serve --record DIR``) is sent byte for
 byte, every message as the service received it, at the recorded pace times ``--speed``.
@@ -73,7 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_non_negative,
                    help=f"{RECORDING_SUFFIX} only: 1 the recorded pace (default), 10 ten times faster, "
                         "0 as fast as the receiver takes them")
+    curve = p.add_argument_group("CurveZMQ (a service with [security] curve = true; keys from edx-live keys)")
+    curve.add_argument("--curve-secret-key", metavar="FILE", help="this producer's secret key file (NAME.key_secret)")
+    curve.add_argument("--curve-server-key", metavar="FILE",
+                       help="connecting (push): the service's public key file (server.key)")
+    curve.add_argument("--curve-authorized", metavar="DIR",
+                       help="binding (pub): folder of the public keys (*.key) of the services allowed to subscribe")
     return p
+
+
+def _curve_keys(args: argparse.Namespace):
+    """The producer's CurveZMQ keys from the --curve-* options; None without them (plain ZeroMQ)."""
+    secret, server, folder = args.curve_secret_key, args.curve_server_key, args.curve_authorized
+    if secret is None and server is None and folder is None:
+        return None
+    from edx_protocol.security import load_client_keys, load_server_keys
+
+    if secret is None:
+        raise ValueError("--curve-server-key and --curve-authorized need --curve-secret-key (this producer's "
+                         "NAME.key_secret)")
+    if (server is None) == (folder is None):
+        raise ValueError("--curve-secret-key needs --curve-server-key (the socket connects: push, the default) "
+                         "or --curve-authorized (it binds: pub), one of them")
+    return load_client_keys(secret, server) if server is not None else load_server_keys(secret, folder)
 
 
 def _say(text: str) -> None:
@@ -126,7 +149,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _open_socket(args: argparse.Namespace) -> zmq.Socket | None:
     """The producer's socket, with a subscriber already there for pub; None (said why) if none came."""
-    socket = make_socket(args.address, args.socket, args.bind)
+    socket = make_socket(args.address, args.socket, args.bind, keys=_curve_keys(args))
     if args.socket == "pub" and args.wait_subscribers > 0 and not wait_for_subscriber(socket, args.wait_subscribers):
         _say(f"edx-live-replay: error: no subscriber within {args.wait_subscribers:g} s; start the "
              "receiver first or raise --wait-subscribers")

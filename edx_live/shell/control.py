@@ -117,6 +117,15 @@ class Controller:
         now = self.service.when_idle(apply)
         return {"acquisition_id": acq.acquisition_id, "applied": "now" if now else "after the running refit"}
 
+    def _export_folder(self, name: str) -> Path:
+        """``name`` inside the sessions folder (relative to it, or absolute within it); nowhere else."""
+        root = Path(self.exporter.root).resolve()
+        folder = (root / name).resolve()
+        if folder == root or root not in folder.parents:
+            raise ControlError(f"folder {name!r} is not inside the sessions folder {root}: name a new folder "
+                               f"there (a control client writes nowhere else)")
+        return folder
+
     def export(self, args: ExportArgs) -> dict:
         if self.exporter is None:
             raise ControlError("this service writes no session folders ([output] sessions_dir is off)")
@@ -127,7 +136,7 @@ class Controller:
         aid = args.acquisition_id or (current.acquisition_id if current is not None else None)
         if aid not in held:
             raise ControlError(f"no acquisition {aid!r} is held; held: {sorted(held) or 'none'}")
-        folder = Path(args.folder) if args.folder else None
+        folder = self._export_folder(args.folder) if args.folder else None
         if folder is not None and folder.exists():
             raise ControlError(f"folder {folder} exists already: name a new one")
         acq = held[aid]

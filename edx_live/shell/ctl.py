@@ -36,14 +36,22 @@ def parse_values(command: str, pairs: list[str]) -> dict:
 
 
 def call(address: str, command: str, timeout_s: float = 5.0, sockets: Sockets | None = None, **args) -> Reply:
-    """Send one command and return the service's reply; TimeoutError when none comes in ``timeout_s``."""
-    sock = (sockets or Sockets()).request(address, timeout_s)
+    """Send one command and return the service's reply; TimeoutError when none comes in ``timeout_s``.
+
+    ``sockets`` made with CurveZMQ client keys (``Sockets(security=Security(client=...))``) talk to a
+    service with ``[security] curve = true``; a service refuses a client whose key it does not
+    admit, which then sees no reply at all.
+    """
+    sockets = sockets or Sockets()
+    sock = sockets.request(address, timeout_s)
     try:
         sock.send(encode_request(command, **args))
         try:
             return decode_reply(sock.recv())
         except zmq.Again:
+            keys = ("are this client's keys admitted (the service's authorized_keys folder)?" if sockets.curve
+                    else "does it require CurveZMQ keys (--curve-secret-key, --curve-server-key)?")
             raise TimeoutError(f"no reply from {address} within {timeout_s} s: is the service running there, "
-                               "with its control socket on?") from None
+                               f"with its control socket on; {keys}") from None
     finally:
         sock.close(linger=0)

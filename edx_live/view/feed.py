@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import zmq
 from edx_protocol import ProtocolError, decode_result
+from edx_protocol.security import ClientKeys, Security
 
 from edx_live.shell.sockets import Sockets
 from edx_live.core.rate import CountRate
@@ -53,10 +54,12 @@ class Feed:
     endpoint : str
         The service's result PUB endpoint, e.g. ``tcp://127.0.0.1:5557``.
     context : zmq.Context, optional
+    keys : edx_protocol.security.ClientKeys, optional
+        CurveZMQ client keys, for a service with ``[security] curve = true``.
     """
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, keys: ClientKeys | None = None):
+        self.endpoint, self.keys = endpoint, keys
         self._context = context or zmq.Context.instance()
         self._state = State()
         self._lock = threading.Lock()
@@ -81,8 +84,9 @@ class Feed:
             return dataclasses.replace(s, clusters=dict(s.clusters), composition=dict(s.composition))
 
     def _run(self) -> None:
-        sub = Sockets(self._context).subscriber(self.endpoint, SUBSCRIBED)
-        log.info("view_subscribed", endpoint=self.endpoint)
+        security = Security(client=self.keys) if self.keys is not None else None
+        sub = Sockets(self._context, security=security).subscriber(self.endpoint, SUBSCRIBED)
+        log.info("view_subscribed", endpoint=self.endpoint, curve=self.keys is not None)
         try:
             while not self._stop.is_set():
                 if not sub.poll(100):

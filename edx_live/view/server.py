@@ -55,11 +55,14 @@ class Viewer:
         Where the page is served; port 0 picks a free port (see :attr:`url` after :meth:`start`).
     allow_origin : list of str, optional
         Extra ``host[:port]`` a browser may reach the page as.
+    context : zmq.Context, optional
+    keys : edx_protocol.security.ClientKeys, optional
+        CurveZMQ client keys of the subscription (a service with ``[security] curve = true``).
     """
 
     def __init__(self, connect: str, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
-                 allow_origin: list[str] | None = None, context=None):
-        self.feed = Feed(connect, context)
+                 allow_origin: list[str] | None = None, context=None, keys=None):
+        self.feed = Feed(connect, context, keys=keys)
         self.address, self.port, self.allow_origin = address, port, allow_origin
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,9 +114,9 @@ class Viewer:
 
 
 def serve(connect: str, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
-          allow_origin: list[str] | None = None) -> None:
-    """Serve the page until interrupted (Ctrl-C)."""
-    feed = Feed(connect).start()
+          allow_origin: list[str] | None = None, keys=None) -> None:
+    """Serve the page until interrupted (Ctrl-C); ``keys``: CurveZMQ client keys of the subscription."""
+    feed = Feed(connect, keys=keys).start()
     loop = IOLoop.current()
     server = _server(feed, address, port, allow_origin, loop)
     server.start()
@@ -132,13 +135,16 @@ class ViewerProcess:
     """``edx-live view`` in a process of its own, beside a service in this one.
 
     A refit holds the interpreter for seconds at a time (UMAP, HDBSCAN); a page served from
-    another process keeps updating meanwhile. Same parameters as :class:`Viewer`.
+    another process keeps updating meanwhile. Same parameters as :class:`Viewer`, except
+    ``key_files``: ``(client secret key file, server public key file)`` for CurveZMQ (the process
+    reads the files itself; keys are never put on a command line).
     """
 
     def __init__(self, connect: str, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
-                 allow_origin: list[str] | None = None):
+                 allow_origin: list[str] | None = None, key_files: tuple[str, str] | None = None):
         self.connect, self.address, self.port = connect, address, port
         self.allow_origin = list(allow_origin or [])
+        self.key_files = key_files
         self.url: str | None = None
         self._proc = None
 
@@ -149,6 +155,8 @@ class ViewerProcess:
 
         cmd = [sys.executable, "-m", "edx_live.cli", "view", "--connect", self.connect, "--address", self.address,
                "--port", str(self.port), *[a for origin in self.allow_origin for a in ("--allow-origin", origin)]]
+        if self.key_files is not None:
+            cmd += ["--curve-secret-key", str(self.key_files[0]), "--curve-server-key", str(self.key_files[1])]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
         errors: deque = deque(maxlen=20)
