@@ -12,3 +12,11 @@ The package is laid out by concern:
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# UMAP's parallel numba kernels run on a refit thread while the warm-up, or another refit's, may run
+# on another. numba's fallback "workqueue" threading layer aborts the process on such concurrent use;
+# "threadsafe" takes OpenMP (Debian's libgomp1) or TBB (pip install tbb) and, when neither is there,
+# fails that one refit with numba's message instead of killing the service. Set before numba is imported.
+_os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")

@@ -83,7 +83,15 @@ def test_gaps_are_counted_and_reported_by_range(ingest):
     assert out.gap == (7, 8)
     acq = ingest.current
     assert acq.missing == 5 and acq.gap_ranges == [(2, 4), (7, 8)]
-    assert ingest.receive(events(3, [0], [0])).reason == "duplicate_seq"  # late arrivals are not re-added
+    counts = acq.accumulator.counts
+    late = ingest.receive(events(3, [0], [0]))  # a resend of a lost message fills its gap, once
+    assert late.kind == "frame" and late.gap is None
+    assert acq.missing == 4 and acq.gap_ranges == [(2, 2), (4, 4), (7, 8)] and acq.accumulator.counts == counts + 1
+    assert ingest.receive(events(3, [0], [0])).reason == "duplicate_seq"  # twice is a duplicate
+    for seq in (2, 4, 7, 8):
+        assert ingest.receive(events(seq, [0], [0])).kind == "frame"
+    assert acq.missing == 0 and acq.gap_ranges == [] and acq.next_seq == 10
+    assert ingest.receive(events(8, [0], [0])).reason == "duplicate_seq"
 
 
 def test_stop_then_new_acquisition_starts_fresh(ingest):

@@ -7,8 +7,10 @@ subscribe to everything (``b""``).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,6 +21,11 @@ from .replay import Replay, xray_count
 
 #: Socket kinds a producer can use, with the side that binds by default.
 SOCKET_KINDS = {"push": False, "pub": True}
+#: Messages (and bytes) a producer keeps to send again after its connection dropped: enough to cover
+#: what the socket buffers of both sides and the service's input queue (100 messages) may have held.
+RESEND_MESSAGES = 512
+RESEND_BYTES = 512 * 2**20
+_MONITORS = itertools.count()
 
 
 class Sent(NamedTuple):
@@ -29,6 +36,7 @@ class Sent(NamedTuple):
     xrays: int
     nbytes: int
     aborted: bool
+    resent: int = 0  # messages sent again after a reconnection (the service drops those it had)
 
 
 class SweepDone(NamedTuple):
@@ -41,7 +49,7 @@ class SweepDone(NamedTuple):
 
 
 def make_socket(address: str, kind: str = "push", bind: bool | None = None,
-                context: zmq.Context | None = None, linger_ms: int = 10_000) -> zmq.Socket:
+                context: zmq.Context | None = None, linger_ms: int = 10_000, keys=None) -> zmq.Socket:
     """Create the producer's socket.
 
     Parameters
@@ -59,20 +67,31 @@ def make_socket(address: str, kind: str = "push", bind: bool | None = None,
         Default: the process-wide instance.
     linger_ms : int
         How long closing the socket may wait to deliver queued messages.
+    keys : edx_protocol.security.ClientKeys or ServerKeys, optional
+        CurveZMQ (a service with ``[security] curve = true``): a socket that connects needs
+        ``ClientKeys`` (``load_client_keys(NAME.key_secret, server.key)``); one that binds needs
+        ``ServerKeys`` and then admits only the subscribers whose public key is in their folder
+        (it starts its context's ZAP handler, which runs as long as the process).
     """
     if kind not in SOCKET_KINDS:
         raise ValueError(f"socket kind must be one of {sorted(SOCKET_KINDS)}, got {kind!r}")
+    binds = SOCKET_KINDS[kind] if bind is None else bind
     context = context or zmq.Context.instance()
     socket = context.socket(zmq.PUSH if kind == "push" else zmq.XPUB)
     socket.setsockopt(zmq.LINGER, linger_ms)
     if kind == "pub":
         socket.setsockopt(zmq.XPUB_NODROP, 1)
     try:
-        if SOCKET_KINDS[kind] if bind is None else bind:
+        if keys is not None:
+            from edx_protocol.security import ClientKeys, Security, apply_keys
+
+            sides = Security(client=keys) if isinstance(keys, ClientKeys) else Security(server=keys)
+            apply_keys(socket, sides, binds, f"producer {kind.upper()}")
+        if binds:
             socket.bind(address)
         else:
             socket.connect(address)
-    except zmq.ZMQError:
+    except (zmq.ZMQError, ValueError):
         socket.close(linger=0)
         raise
     return socket
@@ -95,7 +114,8 @@ def wait_for_subscriber(socket: zmq.Socket, timeout_s: float) -> bool:
 
 def send_replay(replay: Replay, socket: zmq.Socket, interval_s: float = 0.0,
                 stop_event: threading.Event | None = None,
-                on_sweep: Callable[[SweepDone], None] | None = None) -> Sent:
+                on_sweep: Callable[[SweepDone], None] | None = None,
+                resend: int = RESEND_MESSAGES) -> Sent:
     """Send start, every frame message and stop.
 
     Parameters
@@ -112,13 +132,20 @@ def send_replay(replay: Replay, socket: zmq.Socket, interval_s: float = 0.0,
         counts only the sweeps sent completely.
     on_sweep : callable, optional
         Called with a :class:`SweepDone` after each sweep's last message.
+    resend : int
+        With a PUSH socket that connects: when its connection drops and comes back (the service
+        restarted after a crash, a network cut), send the last ``resend`` messages again (at most
+        :data:`RESEND_BYTES`), then go on with the same acquisition id. The service recognises
+        those it had by their ``seq`` and drops them (``duplicate_seq``); a lost one fills its gap.
+        0: never.
 
     Returns
     -------
     Sent
     """
     stop_event = stop_event or threading.Event()
-    tally = _Tally(socket, stop_event, on_sweep)
+    watch = socket.socket_type == zmq.PUSH and resend > 0
+    tally = _Tally(socket, stop_event, on_sweep, _Resender(socket, resend) if watch else None)
     if tally.send(replay.start, {}):
         for header, arrays in replay.messages():
             if isinstance(header, Stop):
@@ -146,19 +173,36 @@ class _Tally:
     POLL_MS = 100
     ABORT_WAIT_MS = 1000
 
-    def __init__(self, socket, stop_event, on_sweep):
+    def __init__(self, socket, stop_event, on_sweep, resender: "_Resender | None" = None):
         self.socket, self.stop_event, self.on_sweep = socket, stop_event, on_sweep
-        self.messages = self.sweeps = self.xrays = self.nbytes = self.last_seq = 0
+        self.resender = resender
+        self.messages = self.sweeps = self.xrays = self.nbytes = self.last_seq = self.resent = 0
         self.frame_index = None
         self.sweep = [0, 0, 0]  # messages, xrays, bytes of the sweep in progress
 
     def send(self, header, arrays) -> bool:
         """Send once the socket can take it; False if the stop event came first."""
         # A plain blocking send would hang here for good when no receiver is there.
+        if not self._resend():
+            return False
         while not self.socket.poll(self.POLL_MS, zmq.POLLOUT):
             if self.stop_event.is_set():
                 return False
-        self._count(header, arrays, encode(header, arrays))
+        frames = encode(header, arrays)
+        self._count(header, arrays, frames)
+        if self.resender is not None:
+            self.resender.keep(frames)
+        return True
+
+    def _resend(self) -> bool:
+        """After a reconnection, send again what the dropped connection may have lost; False if stopped."""
+        again = self.resender.after_reconnect() if self.resender is not None else []
+        for frames in again:
+            while not self.socket.poll(self.POLL_MS, zmq.POLLOUT):
+                if self.stop_event.is_set():
+                    return False
+            self.socket.send_multipart(frames, copy=False)
+            self.resent += 1
         return True
 
     def send_abort(self, stop: Stop) -> None:
@@ -190,4 +234,59 @@ class _Tally:
         self.sweep = [0, 0, 0]
 
     def result(self, aborted: bool) -> Sent:
-        return Sent(self.messages, self.sweeps, self.xrays, self.nbytes, aborted)
+        if self.resender is not None:
+            self.resender.close()
+        return Sent(self.messages, self.sweeps, self.xrays, self.nbytes, aborted, self.resent)
+
+
+class _Resender:
+    """Keeps the last messages sent and says, after the connection dropped and came back, what to send again.
+
+    It watches the socket's connection events (``zmq_socket_monitor``): ZeroMQ reconnects by
+    itself and delivers what was still queued, but what the dropped connection had taken (in
+    its buffers, or in the service's input queue when the service was killed) is lost.
+    """
+
+    def __init__(self, socket: zmq.Socket, messages: int, max_bytes: int = RESEND_BYTES):
+        self.socket = socket
+        self.kept: deque = deque(maxlen=messages)
+        self.max_bytes, self.bytes = max_bytes, 0
+        # An address of its own: the previous send_replay's monitor of this socket may not be unbound yet.
+        self.monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED,
+                                                 addr=f"inproc://edx-resend-{next(_MONITORS)}")
+        self.dropped = False
+        self.reconnections = 0
+
+    def keep(self, frames: list) -> None:
+        if len(self.kept) == self.kept.maxlen:
+            self.bytes -= self._size(self.kept[0])
+        self.kept.append(frames)
+        self.bytes += self._size(frames)
+        while self.bytes > self.max_bytes and len(self.kept) > 1:
+            self.bytes -= self._size(self.kept.popleft())
+
+    @staticmethod
+    def _size(frames) -> int:
+        return sum(memoryview(f).nbytes for f in frames)
+
+    def after_reconnect(self) -> list:
+        """The messages to send again if the connection came back since the last call; else []."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        again: list = []
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.dropped = True
+            elif event == zmq.EVENT_CONNECTED and self.dropped:
+                self.dropped = False
+                self.reconnections += 1
+                again = list(self.kept)  # a later drop supersedes an earlier one: send the newest list once
+        return again
+
+    def close(self) -> None:
+        try:
+            self.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)

@@ -8,6 +8,7 @@ accumulated count as it was.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from .accumulator import Accumulator, EnergySelection, FrameRejected
 from .image import ImageAccumulator
 from .rate import CountRate
 
-#: Missing seq ranges kept per acquisition (the count is always exact).
-MAX_GAP_RANGES = 100
+#: Missing seq ranges kept per acquisition (the count is always exact). A message resent into a kept
+#: range fills it; one older than the kept ranges is refused as a duplicate.
+MAX_GAP_RANGES = 10_000
 
 #: Reason codes of the messages Ingest refuses (decode's own are in edx_protocol.codec).
 REASONS = ("too_large", "unknown_acquisition", "duplicate_seq", "seq_out_of_window", "pixel_out_of_range",
@@ -67,12 +69,26 @@ class Acquisition:
         return len(self.start.detectors)
 
     def note_seq(self, seq: int) -> None:
-        """Record a gap if ``seq`` skips ahead; duplicates are refused before this."""
+        """Record a gap if ``seq`` skips ahead, or fill one if ``seq`` was missing; duplicates are refused before."""
+        if seq < self.next_seq:
+            self._fill(seq)
+            return
         if seq > self.next_seq:
             self.missing += seq - self.next_seq
             self.gap_ranges.append((self.next_seq, seq - 1))
             del self.gap_ranges[:-MAX_GAP_RANGES]
         self.next_seq = seq + 1
+
+    def was_missing(self, seq: int) -> bool:
+        """Whether ``seq``, behind the next expected one, is in a known gap (a resend that fills it)."""
+        i = bisect.bisect_right(self.gap_ranges, (seq, float("inf"))) - 1
+        return i >= 0 and self.gap_ranges[i][0] <= seq <= self.gap_ranges[i][1]
+
+    def _fill(self, seq: int) -> None:
+        i = bisect.bisect_right(self.gap_ranges, (seq, float("inf"))) - 1
+        first, last = self.gap_ranges[i]
+        self.gap_ranges[i:i + 1] = [r for r in ((first, seq - 1), (seq + 1, last)) if r[0] <= r[1]]
+        self.missing -= 1
 
 
 @dataclass(frozen=True)
@@ -169,7 +185,7 @@ class Ingest:
             named = acq if acq is not None and acq.acquisition_id == header.acquisition_id else None
             return self._reject("unknown_acquisition", f"{header.kind} for {header.acquisition_id!r}, "
                                 f"open acquisition: {open_id!r}", header, named)
-        if header.seq < acq.next_seq:
+        if header.seq < acq.next_seq and not acq.was_missing(header.seq):
             return self._reject("duplicate_seq", f"seq {header.seq} already seen (next is {acq.next_seq})",
                                 header, acq)
         if header.seq - acq.next_seq > self.options.max_seq_gap:

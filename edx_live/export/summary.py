@@ -80,6 +80,7 @@ def build_summary(source, acq, latest: dict, refits: int, elapsed_s: float, file
             "messages": acq.messages,
             "rejected": dict(acq.rejected),
             "missing_messages": acq.missing,
+            "stop_reason": acq.stop_reason,
         },
         "workflows": {name: _workflow(out) for name, out in latest.items()},
         "timings": {"total_s": round(elapsed_s, 3), "refits": refits},

@@ -3,9 +3,9 @@
 :class:`ServiceState` holds the ingest state (:class:`~edx_live.core.ingest.Ingest`: the open
 acquisitions and their counts) and, per acquisition, an :class:`AcquisitionRecord`: its refit
 bookkeeping, the latest answer of each workflow, convergence, the quantification set-up, the
-latest targets and advice, and where its session folder and recording went. Nothing else holds
-state about an acquisition, so this object can be inspected (``edx-live ctl list``), saved and
-restored. Pure: no sockets, no threads, no clocks of its own (times are given).
+whether its final refit is done, and where its session folder and recording went. Nothing else
+holds state about an acquisition, so this object can be inspected (``edx-live ctl list``), saved
+(``edx_live.pipeline.checkpoint``) and restored after a crash (``edx_live.shell.recover``). Pure: no sockets, no threads, no clocks of its own (times are given).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class AcquisitionRecord:
     setup : dict
         The quantification set-up worked out for this acquisition: ``setup`` and the ``counts`` it was
         calibrated at.
-    documents : dict
-        The latest published document by topic (targets, advice: what ``ctl targets`` returns).
+    final_done : bool
+        The final refit is done (its results are in ``outputs``); only the session folder may be missing.
     session_folder, recording : str or None
     """
 
@@ -53,7 +53,7 @@ class AcquisitionRecord:
     outputs: dict = field(default_factory=dict)
     convergence: dict = field(default_factory=dict)
     setup: dict = field(default_factory=dict)
-    documents: dict = field(default_factory=dict)
+    final_done: bool = False
     session_folder: str | None = None
     recording: str | None = None
 
@@ -66,7 +66,7 @@ class AcquisitionRecord:
     def reset(self) -> None:
         """Forget every refit and result (the counts were discarded): the next refit starts afresh."""
         self.refits = self.frames_at_refit = self.counts_at_refit = 0
-        self.outputs, self.convergence, self.setup, self.documents = {}, {}, {}, {}
+        self.outputs, self.convergence, self.setup, self.final_done = {}, {}, {}, False
 
 
 @dataclass

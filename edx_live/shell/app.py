@@ -46,7 +46,9 @@ class App:
     sessions : bool
         Write a session folder per finished acquisition under ``[output] sessions_dir`` (when not None).
     record : bool
-        Record every message under ``[record] dir`` (when not None).
+        Record every message under ``[record] dir`` (when not None), with a checkpoint of each
+        acquisition beside its recording; with ``[record] recover``, first resume the acquisitions
+        a killed service left there (``edx_live.shell.recover``).
     subscribers : sequence of callables ``(header, arrays)``
         More receivers of every document (console printer, collector).
     analyze : callable, optional
@@ -111,8 +113,17 @@ class App:
             analyze = Analyzer(s)
         self.analyzer = analyze
         receivers = ([self.publisher] if self.publisher is not None else []) + list(subscribers)
+        checkpoints = None
+        if self.recorder is not None:
+            from .recover import Checkpoints
+
+            checkpoints = Checkpoints(fsync=s.record.fsync)
         self.service = Service(s, connection, receivers, analyze, warm_up=warm_up, on_finished=self.sessions,
-                               control=self.control_socket, recorder=self.recorder)
+                               control=self.control_socket, recorder=self.recorder, checkpoints=checkpoints)
+        if self.recorder is not None and s.record.recover:
+            from .recover import plan
+
+            self.service.recover(plan(s.record.dir))
         if self.service.controller is not None:
             self.service.controller.exporter = self.sessions
 

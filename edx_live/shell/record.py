@@ -127,6 +127,29 @@ class Recorder:
         if self._writer is not None and self._room_for(_RECORD_OVERHEAD + 256, count=False) and self._note_gap():
             self._write(lambda w: w.marker(name, fields))
 
+    def resume(self, path: Path, fields: Mapping | None = None) -> bool:
+        """Go on recording into ``path``, a recording a killed service left unfinished; False if it cannot.
+
+        A torn last record is cut off (``RecordingWriter.resume``); a ``resumed`` marker says
+        where the restart happened.
+        """
+        self._close()
+        try:
+            self._writer = RecordingWriter.resume(path, fsync=self.fsync)
+        except (OSError, ValueError) as exc:  # RecordingError is a ValueError
+            log.error("recording_not_resumed", file=str(path), error=str(exc))
+            self._opened, self._stopped = True, "write_error"
+            return False
+        self._opened, self._stopped, self._gap = True, None, 0
+        self._acquisition_id = self._writer.header.get("acquisition_id")
+        self._total = self._folder_bytes()
+        if path not in self.files:
+            self.files.append(path)
+        self._write(lambda w: w.marker("resumed", fields))
+        log.info("recording_reopened", file=str(path), acquisition_id=self._acquisition_id,
+                 messages=self._writer.messages, bytes=self._writer.nbytes)
+        return True
+
     def close(self) -> None:
         """Close the current file; further messages open new ones (no effect if nothing is open)."""
         self._close()

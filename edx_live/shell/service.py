@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
-from edx_protocol import Gaps, Status
+from edx_protocol import Gaps, Status, Stop, encode
 
 import zmq
 
@@ -45,6 +46,7 @@ from edx_live.logs import ReasonLog, get_logger
 from edx_live.pipeline.documents import image_document
 from edx_live.pipeline.state import AcquisitionRecord, ServiceState
 
+from .recover import Resume
 from .transport import Connection, MarksEnd, RefitMark
 
 log = get_logger("ingest")
@@ -52,6 +54,8 @@ refit_log = get_logger("service")
 publish_log = get_logger("publish")
 
 Subscriber = Callable[..., None]
+#: Missing seq ranges a status lists (the newest; its count covers all).
+GAPS_PUBLISHED = 100
 Analyze = Callable[[Snapshot], Iterable]
 
 
@@ -92,9 +96,10 @@ class Service:
         Run on a thread of its own at start-up (JIT compilation), beside ingest and refits.
     shutdown_grace_s : float
         How long :meth:`run` waits for a running refit once asked to stop.
-    on_finished : callable ``(acquisition, record, elapsed_s)``, optional
-        Called once an acquisition's final refit is done (a
-        :class:`~edx_live.shell.sessions.SessionWriter` writes its folder).
+    on_finished : SessionWriter, optional
+        Writes an acquisition's folder once its final refit is done: ``folder_for(acquisition, record)``
+        names it, then ``(acquisition, record, elapsed_s, done=callable)`` writes it and calls ``done``
+        (:class:`~edx_live.shell.sessions.SessionWriter`).
     control : zmq.Socket, optional
         A bound REP socket; its commands are answered by :class:`~edx_live.shell.control.Controller`.
     recorder : optional
@@ -102,12 +107,15 @@ class Service:
         taken (``marker("refit", fields)``): :class:`~edx_live.shell.record.Recorder`.
     state : ServiceState, optional
         What the service knows (default: empty).
+    checkpoints : edx_live.shell.recover.Checkpoints, optional
+        Saves each acquisition's record beside its recording at its start and after every refit,
+        and removes it once its session folder is written (with a recorder only).
     """
 
     def __init__(self, settings, connection: Connection, subscribers: list[Subscriber], analyze: Analyze,
                  warm_up: Callable[[], object] | None = None, shutdown_grace_s: float = 3.0,
                  on_finished: Callable[..., object] | None = None, control: zmq.Socket | None = None,
-                 recorder=None, state: ServiceState | None = None):
+                 recorder=None, state: ServiceState | None = None, checkpoints=None):
         from .control import Controller
 
         self.settings = settings
@@ -116,6 +124,7 @@ class Service:
         self.subscribers = list(subscribers)
         self.analyze = analyze
         self.recorder = recorder
+        self.checkpoints = checkpoints if recorder is not None else None
         self._warm_up = warm_up
         self.shutdown_grace_s = shutdown_grace_s
         self.state = state or ServiceState.with_options(ingest_options(settings))
@@ -128,6 +137,9 @@ class Service:
         self._refit_now = False  # asked by a control command
         self._marks: list[RefitMark] = []  # refits a replayed recording asks for, in order
         self._after_refit: list[Callable[[], object]] = []  # control changes waiting for the running refit
+        self._backlog: deque = deque()  # what a recovery replays before the socket is read
+        self.recovering = False
+        self._last_message_at = time.monotonic()  # for [input] producer_timeout_s
 
     # what the status and the tests read ----------------------------------------------------------
     @property
@@ -154,6 +166,11 @@ class Service:
         """Ask the loop to end (thread-safe)."""
         self._stop.set()
 
+    def recover(self, items: Iterable) -> None:
+        """Replay ``items`` (``edx_live.shell.recover.plan``) before reading the input: what a killed service left."""
+        self._backlog.extend(items)
+        self.recovering = bool(self._backlog)
+
     def run(self, stop_after: int | None = None, poll_s: float = 0.05) -> None:
         """Serve until :meth:`stop`, or until ``stop_after`` acquisitions are finished."""
         self.connection.open()
@@ -171,6 +188,7 @@ class Service:
                     self.emit_status()
                     next_status = now + self.settings.output.status_interval_s
                 self._publish_image(now)
+                self._expire(now)
                 self._schedule(now)
                 if stop_after is not None and self.finished >= stop_after and self._running is None:
                     break
@@ -196,6 +214,9 @@ class Service:
         if self._marks:  # a recorded refit waits for the running one, and no message may pass it
             if self._running is not None:
                 self._running.join(poll_s)
+            return
+        if self._backlog:
+            self._replay_backlog()
             return
         if poller is None:  # an in-memory input and no control socket
             self._receive(self.connection.recv(poll_s))
@@ -227,8 +248,63 @@ class Service:
                                   frames=acq.frames, counts=acq.accumulator.counts)
         self._rejects.flush()
 
+    # recovery ---------------------------------------------------------------------------------
+    def _replay_backlog(self, batch: int = 256) -> None:
+        """Replay up to ``batch`` recovered messages, up to the next refit the recording marks."""
+        for _ in range(batch):
+            if not self._backlog:
+                break
+            item = self._backlog.popleft()
+            if isinstance(item, Resume):
+                self._resume(item)
+            elif isinstance(item, RefitMark):
+                self._marks.append(item)
+                break
+            else:
+                self._receive(item, replayed=True)
+        if not self._backlog and self.recovering:
+            self._last_message_at = time.monotonic()
+            self.recovering = False  # read by other threads: set once everything is replayed
+            refit_log.info("recovered", acquisitions=[a.acquisition_id for a in self.state.open],
+                           counts=[a.accumulator.counts for a in self.state.open])
+
+    def _resume(self, item: Resume) -> None:
+        """Record into the recovered recording again, and put back its acquisition's record."""
+        if self.recorder is not None:
+            self.recorder.resume(item.recording, {"after_s": item.last_t_s})
+        record = item.record
+        if record is None:
+            return
+        record.recording = str(item.recording)
+        start = item.start_t_s or 0.0  # elapsed goes on from where the recording ends (downtime not counted)
+        record.started_at = time.monotonic() - (item.last_t_s - start)
+        record.stopped_at = None if item.stop_t_s is None else record.started_at + (item.stop_t_s - start)
+        self.state.records[record.acquisition_id] = record
+        for key, n in item.published.items():
+            self.state.published[key] = max(self.state.published[key], n)
+
+    def _save_checkpoint(self, record: AcquisitionRecord) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(record, self.state.published)
+
+    def _expire(self, now: float) -> None:
+        """Close the acquisition whose producer has sent nothing for ``[input] producer_timeout_s``.
+
+        The service stops it as its producer would have (a stop with reason ``producer_timeout``,
+        received and recorded like any message), so that its final refit and folder follow.
+        """
+        timeout = self.settings.input.producer_timeout_s
+        acq = self.ingest.current
+        if (timeout is None or acq is None or acq.state != "acquiring" or self._backlog
+                or now - self._last_message_at < timeout):
+            return
+        log.warning("producer_timeout", acquisition_id=acq.acquisition_id, silent_s=round(now - self._last_message_at, 1),
+                    frames=acq.frames, counts=acq.accumulator.counts, setting="[input] producer_timeout_s")
+        stop = Stop(acquisition_id=acq.acquisition_id, seq=acq.next_seq, frames=acq.frames, reason="producer_timeout")
+        self._receive(encode(stop, {}))
+
     # ingest -----------------------------------------------------------------------------------
-    def _receive(self, frames) -> None:
+    def _receive(self, frames, replayed: bool = False) -> None:
         """Ingest one message; whatever goes wrong, the loop and the accumulated counts survive."""
         if frames is None:
             return
@@ -244,8 +320,10 @@ class Service:
             self.ingest.rejected["internal_error"] += 1
             log.exception("ingest_failed", frames=len(frames))
             outcome = Outcome("rejected", reason="internal_error")
-        if self.recorder is not None:
+        if self.recorder is not None and not replayed:
             self.recorder.message(frames, outcome)
+        if outcome.acquisition_id is not None:
+            self._last_message_at = time.monotonic()
         if outcome.reason != "internal_error":
             self._handle(outcome)
 
@@ -271,14 +349,18 @@ class Service:
             self.state.prune()
             self.state.last_refit_at = time.monotonic()
             record = self.state.record(acq)
-            record.started_at = self.state.last_refit_at
+            if record.started_at is None:  # a recovered record has its own
+                record.started_at = self.state.last_refit_at
             if self.recorder is not None:
                 current = self.recorder.current
                 record.recording = str(current) if current is not None else None
+            self._save_checkpoint(record)  # from now on, a crash leaves this acquisition to recover
             self.emit_status()
         elif outcome.kind == "stop":
             acq = self.ingest.current
-            self.state.record(acq).stopped_at = time.monotonic()
+            record = self.state.record(acq)
+            if record.stopped_at is None:
+                record.stopped_at = time.monotonic()
             log.info("acquisition_stop", acquisition_id=outcome.acquisition_id, frames=acq.frames,
                      counts=acq.accumulator.counts, reason=acq.stop_reason, missing=acq.missing)
             if acq.stop_frames != acq.frames:
@@ -322,8 +404,14 @@ class Service:
             return
         if getattr(self.connection, "refits_marked", False):
             return  # a replayed recording says where every refit goes, until it ends
+        if self._backlog:
+            return  # recovering: refits go where the recording marks them
         if self.ingest.pending:
-            self._submit(self.ingest.pending[0], final=True)
+            acq = self.ingest.pending[0]
+            if self.state.record(acq).final_done:  # recovered after its final refit: only its folder is missing
+                self._finish(acq)
+            else:
+                self._submit(acq, final=True)
             return
         acq = self.ingest.current
         if acq is None or acq.state != "acquiring" or not (self._refit_now or self._due(acq, now)):
@@ -360,10 +448,13 @@ class Service:
             log.warning("refit_mark_unmatched", acquisition_id=mark.acquisition_id, refit=mark.refit,
                         final=mark.final)
             return
-        self._submit(acq, final=mark.final, elapsed_s=mark.elapsed_s)
+        self._submit(acq, final=mark.final, elapsed_s=mark.elapsed_s, marked=True)
 
-    def _submit(self, acq: Acquisition, final: bool, elapsed_s: float | None = None) -> None:
-        """Snapshot ``acq`` now, on this thread (between two messages), and refit it on a thread of its own."""
+    def _submit(self, acq: Acquisition, final: bool, elapsed_s: float | None = None, marked: bool = False) -> None:
+        """Snapshot ``acq`` now, on this thread (between two messages), and refit it on a thread of its own.
+
+        ``marked``: a recording says where this refit goes (it is marked there already).
+        """
         aid, record = acq.acquisition_id, self.state.record(acq)
         index = record.refits
         record.refits += 1
@@ -373,7 +464,7 @@ class Service:
             elapsed_s = record.elapsed(self.state.last_refit_at)
         refit_log.info("refit_started", acquisition_id=aid, refit=index, final=final, frames=acq.frames,
                        counts=acq.accumulator.counts)
-        if self.recorder is not None:
+        if self.recorder is not None and not marked:
             self.recorder.marker("refit", {"acquisition_id": aid, "refit": index, "final": final,
                                            "elapsed_s": elapsed_s})
         try:
@@ -392,7 +483,6 @@ class Service:
         aid, index, final = snapshot.start.acquisition_id, snapshot.refit, snapshot.final
         try:
             for header, arrays in (self.analyze(snapshot, record) if snapshot.counts else ()):
-                record.documents[header.kind] = (header, arrays)
                 self.emit(header, arrays)  # each as soon as the refit yields it
         except Exception:  # contained: the next refit, and the acquisition, go on
             self.state.refit_failures += 1
@@ -418,16 +508,33 @@ class Service:
         if job.error is not None:
             raise job.error  # not an Exception (those the refit contains): never lost
         self.state.refits += 1
+        record = self.state.record(job.acquisition)
         if job.final:
-            acq = job.acquisition
-            record = self.state.record(acq)
-            self.emit(self.status(final=True, acq=acq))
-            if self.on_finished is not None:
-                try:
-                    self.on_finished(acq, record, record.elapsed(time.monotonic()))
-                except Exception:  # contained like a subscriber's failure
-                    log.exception("on_finished_failed", acquisition_id=acq.acquisition_id)
-            self.state.release(acq)
+            record.final_done = True
+            self._finish(job.acquisition)
+        else:
+            self._save_checkpoint(record)
+
+    def _finish(self, acq: Acquisition) -> None:
+        """``acq``'s final refit is done: say so, write its session folder, release it.
+
+        Its checkpoint (final results, folder) stays until the folder is written, so that a crash
+        meanwhile writes the folder again at recovery rather than refitting.
+        """
+        record = self.state.record(acq)
+        self.emit(self.status(final=True, acq=acq))
+        recording, checkpoints = record.recording, self.checkpoints
+        done = (lambda: checkpoints.remove(recording)) if checkpoints is not None else None
+        if self.on_finished is not None:
+            try:
+                self.on_finished.folder_for(acq, record)
+                self._save_checkpoint(record)  # final results and folder, before the folder is written
+                self.on_finished(acq, record, record.elapsed(time.monotonic()), done=done)
+            except Exception:  # contained like a subscriber's failure
+                log.exception("on_finished_failed", acquisition_id=acq.acquisition_id)
+        elif done is not None:
+            done()
+        self.state.release(acq)
 
     # publishing -------------------------------------------------------------------------------
     def emit(self, header, arrays=None) -> None:
@@ -460,7 +567,7 @@ class Service:
         start = acq.start
         return Status(acquisition_id=acq.acquisition_id, frames=acq.frames, counts=acq.accumulator.counts,
                       state=acq.state, messages=acq.messages, acquisition_rejected=dict(acq.rejected),
-                      gaps=Gaps(count=acq.missing, missing=acq.gap_ranges[-100:]),
+                      gaps=Gaps(count=acq.missing, missing=acq.gap_ranges[-GAPS_PUBLISHED:]),
                       scan_shape=start.scan_shape, expected_frames=start.expected_frames,
                       pixel_size=start.pixel_size, pixel_unit=start.pixel_unit, title=start.title,
                       count_rate=acq.rate.value, **base)

@@ -63,10 +63,19 @@ class SessionWriter:
         self.written: list[Path] = []
         self._threads: list[threading.Thread] = []
 
-    def __call__(self, acq, record, elapsed_s: float | None) -> threading.Thread:
-        folder = self.folder or session_folder(self.root, acq.acquisition_id)
-        record.session_folder = str(folder)
-        return self._start(folder, acq, acq.accumulator.cube, dict(record.outputs), record.refits, elapsed_s)
+    def __call__(self, acq, record, elapsed_s: float | None, done=None) -> threading.Thread:
+        """Write ``acq``'s folder from its final results; ``done()`` is called once it is written (or failed).
+
+        A record that names its folder already (a service recovered while writing it) is written there again.
+        """
+        folder = self.folder_for(acq, record)
+        return self._start(folder, acq, acq.accumulator.cube, dict(record.outputs), record.refits, elapsed_s, done)
+
+    def folder_for(self, acq, record) -> Path:
+        """Where ``acq``'s folder goes; kept in ``record.session_folder`` (chosen once: a recovery reuses it)."""
+        if record.session_folder is None:
+            record.session_folder = str(self.folder or session_folder(self.root, acq.acquisition_id))
+        return Path(record.session_folder)
 
     def export(self, acq, record, folder: Path | None = None) -> Path:
         """Write ``acq``'s folder now, from a copy of its counts and its latest results; return the folder."""
@@ -75,8 +84,8 @@ class SessionWriter:
         self._start(folder, acq, cube, dict(record.outputs), record.refits, record.elapsed(time.monotonic()))
         return folder
 
-    def _start(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s) -> threading.Thread:
-        thread = threading.Thread(target=self._write, args=(folder, acq, cube, outputs, refits, elapsed_s),
+    def _start(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s, done=None) -> threading.Thread:
+        thread = threading.Thread(target=self._write, args=(folder, acq, cube, outputs, refits, elapsed_s, done),
                                   name=f"edx-live-session-{acq.acquisition_id}", daemon=True)
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -88,7 +97,16 @@ class SessionWriter:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _write(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s: float | None) -> None:
+    def _write(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s: float | None,
+               done=None) -> None:
+        log.info("session_writing", acquisition_id=acq.acquisition_id, folder=str(folder))
+        try:
+            self._write_folder(folder, acq, cube, outputs, refits, elapsed_s)
+        finally:
+            if done is not None:
+                done()
+
+    def _write_folder(self, folder: Path, acq, cube, outputs: dict, refits: int, elapsed_s: float | None) -> None:
         from edx_live.export import acquisition_facts, main_settings, write_session
         from edx_live.export.summary import build_summary
 

@@ -288,7 +288,9 @@ class Stop(_Header):
 
     kind: Literal["stop"] = "stop"
     frames: Index = Field(description="Sweeps the producer completed.")
-    reason: Literal["complete", "aborted"] = "complete"
+    reason: Literal["complete", "aborted", "producer_timeout"] = Field("complete", description=(
+        "Why the acquisition ended; producer_timeout: the service closed it after "
+        "[input] producer_timeout_s without a message (its recording holds that stop)."))
     arrays: list[ArrayDescriptor] = Field(default_factory=list, max_length=0,
                                           description="Always empty: a stop carries no buffer.")
 

@@ -160,6 +160,30 @@ class RecordingWriter:
             self.close()
             raise
 
+    @classmethod
+    def resume(cls, path: str | Path, fsync: bool = False) -> "RecordingWriter":
+        """Go on appending to an existing recording (a service restarted after a crash).
+
+        A torn or corrupted record at the end (the one being written when the process was
+        killed) is cut off first; every record before it is kept. Times go on from the last
+        record's, so ``t_s`` never runs backwards (the time the process was down is not counted).
+        """
+        recording = read_recording(path)
+        last_t, messages = 0.0, 0
+        for entry in recording:
+            last_t = entry.t_s
+            messages += entry.kind == "message"
+        end = recording.valid_bytes
+        self = cls.__new__(cls)
+        self.header, self.path, self.fsync = recording.header, Path(path), fsync
+        self.messages = messages
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if os.fstat(self._fd).st_size > end:
+            os.ftruncate(self._fd, end)
+        self.nbytes = end
+        self._t0 = time.monotonic() - last_t
+        return self
+
     @property
     def closed(self) -> bool:
         return self._fd is None
@@ -257,6 +281,7 @@ class Recording:
         self.path, self.header, self._data_offset = path, header, data_offset
         self._problem: str | None = None
         self._checked = False
+        self._end = data_offset
 
     def __iter__(self) -> Iterator[Entry]:
         """Every entry in file order; stops before a torn or corrupted record (see :attr:`truncated`)."""
@@ -278,6 +303,14 @@ class Recording:
         return self._problem is not None
 
     @property
+    def valid_bytes(self) -> int:
+        """The length of the file up to the end of its last whole, intact record."""
+        if not self._checked:
+            for _ in self._entries(decode=False):
+                pass
+        return self._end
+
+    @property
     def problem(self) -> str | None:
         """What is wrong with the end of the file, in words; None for a complete file."""
         return self._problem if self.truncated else None
@@ -290,12 +323,14 @@ class Recording:
                 offset = f.tell()
                 payload, problem = _read_record(f)
                 if payload is None:
+                    self._end = offset
                     self._finish(problem and f"record {index} at byte {offset}: {problem}")
                     return
                 if decode:
                     try:
                         entry = _entry(msgpack.unpackb(payload, raw=False))
                     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+                        self._end = offset
                         self._finish(f"record {index} at byte {offset}: malformed entry ({exc})")
                         return
                     if entry is not None:  # None: a kind this reader does not know, skipped
