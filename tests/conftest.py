@@ -136,3 +136,26 @@ class ServedApp:
         finally:
             self.app.close()
         return self.service.ingest
+
+
+def until(predicate, timeout_s: float = 120.0, what: str = "the condition"):
+    """``predicate()``'s first true value, polled until ``timeout_s``; AssertionError naming ``what`` after that."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+def free_port() -> int:
+    """A loopback TCP port free now, for a service that must come back on the same address after a restart."""
+    import zmq
+
+    probe = zmq.Context.instance().socket(zmq.REP)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    return port

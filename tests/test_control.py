@@ -7,6 +7,7 @@ import time
 import msgpack
 import pytest
 import zmq
+from conftest import free_port, until
 from edx_adapters.replay import open_replay
 from edx_protocol import encode
 from edx_protocol.control import decode_reply, encode_request
@@ -19,15 +20,6 @@ from edx_live.shell.demo import DEMO_KFACTORS, bundled_dataset
 
 SWEEPS = 6
 
-
-def _until(predicate, timeout_s: float = 120.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +142,7 @@ def test_refit_list_export_reset_and_targets_while_acquiring(app, push, sweeps, 
     service = app.service
     send(push, sweeps[-1] + sweeps[0] + sweeps[1])
     counts_01 = sum(_counts(m) for m in sweeps[0] + sweeps[1])
-    status = _until(lambda: (r := ctl(app, "status").result)["counts"] == counts_01 and r, what="two sweeps")
+    status = until(lambda: (r := ctl(app, "status").result)["counts"] == counts_01 and r, what="two sweeps")
     assert status["state"] == "acquiring" and status["acquisition_id"] == "ctl-1"
 
     listing = ctl(app, "list")
@@ -159,7 +151,7 @@ def test_refit_list_export_reset_and_targets_while_acquiring(app, push, sweeps, 
 
     refits = service.refits
     assert ctl(app, "refit").result == {"acquisition_id": "ctl-1", "queued": True}
-    _until(lambda: service.refits > refits, what="the refit asked for")
+    until(lambda: service.refits > refits, what="the refit asked for")
     assert ctl(app, "list").result[0]["refits"] == 1
 
     targets = ctl(app, "targets")
@@ -180,18 +172,18 @@ def test_refit_list_export_reset_and_targets_while_acquiring(app, push, sweeps, 
 
     reply = ctl(app, "reset")
     assert reply.ok and reply.result["acquisition_id"] == "ctl-1"
-    _until(lambda: ctl(app, "status").result["counts"] == 0, what="the reset")
+    until(lambda: ctl(app, "status").result["counts"] == 0, what="the reset")
     assert ctl(app, "list").result[0]["refits"] == 0
     # Counting goes on from zero: exactly the sweeps sent after the reset.
     rest = [m for i in range(2, SWEEPS) for m in sweeps[i]]
     send(push, rest)
     expected = sum(_counts(m) for m in rest)
-    _until(lambda: ctl(app, "status").result["counts"] == expected, what="the sweeps after the reset")
+    until(lambda: ctl(app, "status").result["counts"] == expected, what="the sweeps after the reset")
     cube = service.ingest.current.accumulator.cube
     assert int(cube.sum()) == expected
 
     send(push, sweeps[SWEEPS])  # the stop
-    _until(lambda: service.finished == 1, what="the final refit")
+    until(lambda: service.finished == 1, what="the final refit")
     finished = ctl(app, "list").result
     assert finished[-1]["acquisition_id"] == "ctl-1" and finished[-1]["state"] == "stopped"
     assert ctl(app, "targets").result["final"] is True
@@ -266,12 +258,6 @@ def test_the_golden_control_messages_are_what_the_service_sends_and_takes(app):
     assert ctl(app, "set", values={"refit.interval_s": before}).ok
 
 
-def _free_port() -> int:
-    probe = zmq.Context.instance().socket(zmq.REP)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
-    return port
-
 
 def test_serve_as_a_user_runs_it(tmp_path):
     """``edx-live serve`` with control, recording and session folders, fed by ``edx-live-replay``: the health
@@ -282,7 +268,7 @@ def test_serve_as_a_user_runs_it(tmp_path):
 
     from edx_protocol.container import read_recording
 
-    ports = {name: _free_port() for name in ("input", "output", "control")}
+    ports = {name: free_port() for name in ("input", "output", "control")}
     address = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
     serve = subprocess.Popen(
         [sys.executable, "-m", "edx_live.cli", "serve", "--input", address["input"], "--output", address["output"],
@@ -297,7 +283,7 @@ def test_serve_as_a_user_runs_it(tmp_path):
             except TimeoutError:  # not listening yet: what a health check sees while the service starts
                 return None
 
-        status = _until(health, timeout_s=120, what="the health check")
+        status = until(health, timeout_s=120, what="the health check")
         assert status.result["state"] == "idle"
         replay = subprocess.run([sys.executable, "-m", "edx_adapters.cli", str(bundled_dataset()), "--frames", "3",
                                  "--address", address["input"], "--acquisition-id", "served-1"],

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from conftest import free_port
 from edx_adapters.producer import make_socket, send_replay
 from edx_adapters.replay import open_replay
 from edx_protocol.container import read_recording
 
 from edx_live.config import load_settings
-from edx_live.shell.ctl import call
 from edx_live.shell.demo import DEMO_KFACTORS, bundled_dataset
 from edx_live.shell.offline import process_recording
 from edx_live.shell.recover import CHECKPOINT_SUFFIX
@@ -31,12 +31,6 @@ from edx_live.shell.recover import CHECKPOINT_SUFFIX
 SWEEPS = 10
 KFACTORS = [arg for line, k in DEMO_KFACTORS.items() for arg in ("--kfactor", f"{line}={k}")]
 
-
-def _free_port() -> int:
-    probe = zmq.Context.instance().socket(zmq.REP)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
-    return port
 
 
 class Serve:
@@ -108,7 +102,7 @@ def file_cube():
 
 @pytest.fixture
 def served(tmp_path):
-    addresses = {name: f"tcp://127.0.0.1:{_free_port()}" for name in ("input", "output", "control")}
+    addresses = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("input", "output", "control")}
     started: list[Serve] = []
 
     def start() -> Serve:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import zmq
-from conftest import ServedApp
+from conftest import ServedApp, until
 from edx_adapters.producer import make_socket, send_replay, wait_for_subscriber
 from edx_adapters.replay import open_replay
 from edx_protocol import encode
@@ -45,15 +45,6 @@ FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused by ZAP", zmq.EVENT_HANDSHAKE
 #: The clients that must get nothing: a key not in the folder, the wrong server key, no CURVE at all.
 INTRUDERS = ["unknown-key", "wrong-server-key", "no-curve"]
 
-
-def _until(predicate, timeout_s: float = 20.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 class WatchedContext(zmq.Context):
@@ -287,10 +278,10 @@ def test_only_an_authorised_subscriber_receives_results(keys, service, context, 
     bad_feed = Feed(service.output_endpoint, context, keys=keys.intruders[intruder]).start()
     bad = Sockets(watched, security=client_security(keys.intruders[intruder])).subscriber(service.output_endpoint)
     try:
-        _until(lambda: good.snapshot().received > 0, what="the authorised viewer's first status")
+        until(lambda: good.snapshot().received > 0, what="the authorised viewer's first status")
         refused(bad)
         seen = good.snapshot().received
-        _until(lambda: good.snapshot().received >= seen + 3, what="three more statuses")  # published after the refusal
+        until(lambda: good.snapshot().received >= seen + 3, what="three more statuses")  # published after the refusal
         assert bad.poll(0) == 0
         with pytest.raises(zmq.Again):
             bad.recv_multipart(zmq.NOBLOCK)
@@ -376,9 +367,9 @@ def test_a_key_added_to_or_removed_from_the_folder_counts_for_new_connections(tm
     with served(security, context) as app:
         assert not answered()
         shutil.copyfile(tmp_path / "elsewhere" / "late.key", made.authorized / "late.key")
-        _until(answered, what="the added key being admitted")
+        until(answered, what="the added key being admitted")
         (made.authorized / "late.key").unlink()
-        _until(lambda: not answered(), what="the removed key being refused")
+        until(lambda: not answered(), what="the removed key being refused")
 
 
 # ---- configuration --------------------------------------------------------------------------------------
