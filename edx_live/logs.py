@@ -21,10 +21,18 @@ class _StderrLogger:
 
     Holding on to the stream object at configure time breaks when it is later
     replaced (a supervisor reopening logs, a test harness capturing output).
+    Each line is one write under one lock: ingest, a refit and the recorder log
+    from different threads, and ``print`` writes the newline separately, so two
+    lines could otherwise run together and neither would parse.
     """
 
+    _lock = threading.Lock()
+
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        with self._lock:
+            stream = sys.stderr
+            stream.write(message + "\n")
+            stream.flush()
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

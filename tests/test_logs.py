@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,3 +62,33 @@ def test_the_summary_comes_periodically_while_rejections_go_on(json_log):
         log.note("schema")
     summaries = [r for r in _records(json_log) if r["event"] == "message_rejected_summary"]
     assert sum(s["not_logged"].get("schema", 0) for s in summaries) == 4
+
+
+class _SlowStream(io.StringIO):
+    """A stream that gives other threads a turn inside every write, as a busy pipe does."""
+
+    def write(self, text):
+        time.sleep(0.0005)
+        return super().write(text)
+
+
+def test_lines_from_many_threads_never_run_together(monkeypatch):
+    """Threads that log at once (ingest, a refit, the recorder) each leave whole JSON lines on stderr."""
+    stream = _SlowStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure("json", "info")
+    try:
+        def emit(worker):
+            for i in range(40):
+                get_logger("record").info("recording_closed", worker=worker, i=i)
+
+        threads = [threading.Thread(target=emit, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        configure("console", "info")
+    records = _records(stream)
+    assert len(records) == 240
+    assert sorted((r["worker"], r["i"]) for r in records) == [(w, i) for w in range(6) for i in range(40)]
