@@ -113,6 +113,9 @@ class RefitSettings(_Section):
     workflows: list[Literal["pca-gmm", "umap-hdbscan"]] = Field(
         default_factory=lambda: ["pca-gmm", "umap-hdbscan"], min_length=1)
     min_counts: int = Field(1000, ge=0, description="Counts needed before the first refit.")
+    parallel: Literal["auto", "off"] = Field("auto", description=(
+        "auto: with 2 or more cores and both workflows, umap-hdbscan runs in a worker process beside "
+        "pca-gmm; off: one after the other in the refit thread."))
 
 
 Scaling = Literal["robust", "poisson", "none"]
@@ -164,6 +167,8 @@ class UmapHdbscanSettings(_Section):
     energy_max_kev: EnergyMax = Field("all", description=ENERGY_MAX_HELP + " Default all: see README.")
     max_fit_samples: int = Field(16384, ge=100, le=MAX_FIT_SAMPLES,
                                  description="Larger scans: fit a sample, place the rest.")
+    warm_epochs: int | Literal["auto"] = Field("auto", description=(
+        "UMAP epochs of a warm-started refit; auto = 60, then fewer once the map holds still."))
     random_state: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the fits (numpy's range).")
 
 
