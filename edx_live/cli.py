@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import warnings
 
 from edx_protocol.control import COMMANDS as CTL_COMMANDS
@@ -47,6 +48,20 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
+def _scale_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several inputs: Dask (override [scale]; README: Many sessions on a Dask cluster)")
+    g.add_argument("--workers", type=int, metavar="N", help="local cluster: worker processes (default: cores)")
+    g.add_argument("--threads-per-worker", type=int, metavar="N", help="local cluster: threads per worker (1)")
+    g.add_argument("--dashboard", metavar="ADDR", help="local cluster: dashboard address, e.g. 127.0.0.1:8787 "
+                   "(default: none)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (tcp://HOST:8786, "
+                   "tls://HOST:8786) instead of a local cluster on 127.0.0.1")
+    g.add_argument("--tls-ca-file", metavar="PEM", help="tls:// scheduler: the CA that signed its certificate")
+    g.add_argument("--tls-cert", metavar="PEM", help="tls:// scheduler: this client's certificate")
+    g.add_argument("--tls-key", metavar="PEM", help="tls:// scheduler: this client's key (if not in --tls-cert)")
+    g.add_argument("--force", action="store_true", help="process inputs already done by an earlier run again")
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """Command-line values as a nested settings dict, leaving out what was not given."""
     get = lambda name: getattr(args, name, None)  # noqa: E731
@@ -64,6 +79,9 @@ def _overrides(args: argparse.Namespace) -> dict:
         "quantify": {"kfactors": list(get("kfactor") or []) or None, "elements": get("element") or None,
                      "kfactor_table": get("kfactor_table"), "intensities": get("intensities"),
                      "absorption_thickness_nm": get("thickness")},
+        "scale": {"scheduler": get("scheduler"), "workers": get("workers"),
+                  "threads_per_worker": get("threads_per_worker"), "dashboard": get("dashboard"),
+                  "tls_ca_file": get("tls_ca_file"), "tls_cert": get("tls_cert"), "tls_key": get("tls_key")},
         "log_format": get("log_format"), "log_level": get("log_level"),
     }
     prune = lambda d: {k: prune(v) if isinstance(v, dict) else v for k, v in d.items()  # noqa: E731
@@ -119,13 +137,19 @@ def _parser() -> argparse.ArgumentParser:
                        "acquisition ([record] dir)")
     serve.add_argument("--control", metavar="ADDR", help=f"control REP endpoint ({DEFAULT_CONTROL})")
     _analysis_options(serve)
-    proc = sub.add_parser("process", help="run the pipeline over a file and write results")
-    proc.add_argument("file", help=".hspy, .bcf, .pts or .emd spectrum image, or an .edxrec recording "
-                      "(analysed exactly as the live service did)")
-    proc.add_argument("--out", required=True, help="output folder")
+    proc = sub.add_parser("process", help="run the pipeline over files or recordings and write results")
+    proc.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help=".hspy, .bcf, .pts or .emd spectrum image, or an .edxrec recording (analysed exactly "
+                      "as the live service did); several, or a quoted glob ('data/**/*.hspy'): each is a Dask task")
+    proc.add_argument("--out", required=True, help="output folder: the session folder of one input; with several, "
+                      "a folder holding a session folder per input, index.json and index.csv")
     proc.add_argument("--frames", type=int, help="sweeps to replay (dense files are split by thinning)")
     proc.add_argument("--chunk-pixels", type=int, help="pixels per message")
     proc.add_argument("--refit-every-frames", type=int, metavar="N", help="also refit every N sweeps")
+    proc.add_argument("--out-of-core", action="store_true",
+                      help="read and segment the file chunk by chunk (scans larger than memory)")
+    proc.add_argument("--chunk-mb", type=int, metavar="N", help="--out-of-core: megabytes per chunk")
+    _scale_options(proc)
     _analysis_options(proc)
     view = sub.add_parser("view", help="web page of a running service's results (needs edx-live[viewer])")
     view.add_argument("--connect", default=DEFAULT_OUTPUT, metavar="ADDR",
@@ -272,6 +296,14 @@ def _serve(settings, args) -> int:
 
 
 def _process(settings, args) -> int:
+    from edx_live.scale.batch import is_glob
+
+    if len(args.inputs) > 1 or is_glob(args.inputs[0]):
+        return _process_many(settings, args)
+    return _process_one(settings, args, args.inputs[0])
+
+
+def _process_one(settings, args, path) -> int:
     from edx_adapters.replay import open_replay
 
     from edx_protocol.container import SUFFIX as RECORDING_SUFFIX
@@ -280,10 +312,14 @@ def _process(settings, args) -> int:
     from edx_live.shell.publish import ConsolePrinter
 
     try:
-        if str(args.file).endswith(RECORDING_SUFFIX):
-            summary = process_recording(args.file, args.out, settings, subscribers=[ConsolePrinter()])
+        if args.out_of_core:
+            from edx_live.scale.lazy import process_out_of_core
+
+            summary = process_out_of_core(path, args.out, settings, chunk_mb=args.chunk_mb)
+        elif str(path).endswith(RECORDING_SUFFIX):
+            summary = process_recording(path, args.out, settings, subscribers=[ConsolePrinter()])
         else:
-            replay = open_replay(args.file, frames=args.frames, chunk_pixels=args.chunk_pixels)
+            replay = open_replay(path, frames=args.frames, chunk_pixels=args.chunk_pixels)
             summary = process_replay(replay, args.out, settings, refit_every=args.refit_every_frames,
                                      subscribers=[ConsolePrinter()])
     except (FileNotFoundError, ValueError) as exc:  # RecordingError is a ValueError
@@ -292,6 +328,29 @@ def _process(settings, args) -> int:
     print(f"wrote the session folder {args.out}: summary.json and {len(summary['files'])} files{report} "
           f"in {summary['timings']['total_s']:.1f} s")
     return 0
+
+
+def _print_result(r: dict) -> None:
+    seconds = "" if r["seconds"] is None else f" in {r['seconds']:.1f} s"
+    error = f": {r['error']}" if r["error"] else ""
+    print(f"{r['status']:<7} {r['input']} -> {r['session'] or '-'}{seconds}{error}", flush=True)
+
+
+def _process_many(settings, args) -> int:
+    """Several inputs (or a glob): a session folder each under --out, as Dask tasks; 1 if any failed."""
+    from edx_live.scale.batch import Options, process_many
+
+    options = Options(frames=args.frames, chunk_pixels=args.chunk_pixels, refit_every=args.refit_every_frames,
+                      out_of_core=args.out_of_core, chunk_mb=args.chunk_mb)
+    t0 = time.perf_counter()
+    try:
+        results = process_many(args.inputs, args.out, settings, options, force=args.force, on_result=_print_result)
+    except (OSError, ValueError) as exc:  # a folder that cannot be written, TLS files, a scheduler not answering
+        raise StartupError(str(exc)) from None
+    counts = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"processed {len(results)} inputs in {time.perf_counter() - t0:.1f} s: {counts['done']} done, "
+          f"{counts['skipped']} skipped, {counts['failed']} failed; index {args.out}/index.json and index.csv")
+    return 1 if counts["failed"] else 0
 
 
 def _demo(args) -> int:

@@ -113,9 +113,9 @@ class RefitSettings(_Section):
     workflows: list[Literal["pca-gmm", "umap-hdbscan"]] = Field(
         default_factory=lambda: ["pca-gmm", "umap-hdbscan"], min_length=1)
     min_counts: int = Field(1000, ge=0, description="Counts needed before the first refit.")
-    parallel: Literal["auto", "off"] = Field("auto", description=(
-        "auto: with 2 or more cores and both workflows, umap-hdbscan runs in a worker process beside "
-        "pca-gmm; off: one after the other in the refit thread."))
+    parallel: Literal["auto", "on", "off"] = Field("auto", description=(
+        "on: with both workflows, umap-hdbscan runs in a worker process beside pca-gmm; auto: on with 2 or "
+        "more cores once a refit has 16,384 binned pixels or more; off: one after the other in the refit thread."))
 
 
 Scaling = Literal["robust", "poisson", "none"]
@@ -378,6 +378,35 @@ class SecuritySettings(_Section):
         return Security(server=server, client=client)
 
 
+class ScaleSettings(_Section):
+    """Many inputs of ``edx-live process`` as Dask tasks (README: Many sessions on a Dask cluster).
+
+    Without ``scheduler`` a local cluster is started for the run, bound to 127.0.0.1 only.
+    """
+
+    scheduler: str | None = Field(None, description=(
+        "Address of a running Dask scheduler (tcp://host:8786, tls://host:8786); None = a local cluster "
+        "on 127.0.0.1 for the run."))
+    workers: int | None = Field(None, ge=1, le=1024, description=(
+        "Worker processes of the local cluster; None = the cores this process may use."))
+    threads_per_worker: int = Field(1, ge=1, le=256, description=(
+        "Threads of each local worker (tasks run at once in it); each input's numerical kernels use as many."))
+    dashboard: str | None = Field(None, description=(
+        "Address of the local cluster's dashboard, e.g. 127.0.0.1:8787; None = no dashboard."))
+    tls_ca_file: Path | None = Field(None, description=(
+        "CA certificate the scheduler's TLS certificate is checked against (a tls:// scheduler)."))
+    tls_cert: Path | None = Field(None, description="This client's TLS certificate (PEM) for a tls:// scheduler.")
+    tls_key: Path | None = Field(None, description=(
+        "This client's TLS private key (PEM); None = the key is in tls_cert."))
+
+    @model_validator(mode="after")
+    def _tls_needs_scheduler(self) -> "ScaleSettings":
+        if self.scheduler is None and (self.tls_ca_file or self.tls_cert or self.tls_key):
+            raise ValueError("tls_ca_file, tls_cert and tls_key are for a remote scheduler: set scheduler "
+                             "(tls://host:port) too; the local cluster stays on 127.0.0.1")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see each section."""
 
@@ -396,6 +425,7 @@ class Settings(BaseSettings):
     control: ControlSettings = Field(default_factory=ControlSettings)
     record: RecordSettings = Field(default_factory=RecordSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

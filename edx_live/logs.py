@@ -13,7 +13,7 @@ from collections import Counter
 import structlog
 
 CONCERNS = ("ingest", "accumulate", "segment", "quantify", "publish", "service", "control", "record", "recover",
-            "view", "security")
+            "view", "security", "scale")
 
 
 class _StderrLogger:
@@ -41,8 +41,13 @@ def _stderr_factory(*args):
     return _StderrLogger()
 
 
+#: The format and level :func:`configure` was last given, for worker processes to log alike.
+configured = {"fmt": "console", "level": "info"}
+
+
 def configure(fmt: str = "console", level: str = "info", stream=None) -> None:
     """Route all edx_live loggers to ``stream`` (default: the current stderr) as console or JSON lines."""
+    configured.update(fmt=fmt, level=level)
     renderer = (structlog.processors.JSONRenderer(serializer=_strict_json) if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
