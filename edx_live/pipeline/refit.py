@@ -22,6 +22,7 @@ from edx_live.core.snapshot import Snapshot
 from edx_live.pipeline.documents import clusters_document, composition_document
 from edx_live.logs import get_logger
 from edx_live.pipeline.state import AcquisitionRecord
+from edx_live.pipeline.workers import WorkflowPool, parallel_wanted
 from edx_live.quantify import ClusterQuantifier
 from edx_live.quantify.composition import Setup
 from edx_live.quantify.kfactors import USER_KFACTORS
@@ -61,6 +62,7 @@ class Analyzer:
     def __init__(self, settings):
         self.errors = 0
         self._record: AcquisitionRecord | None = None  # when the caller passes none
+        self.pool: WorkflowPool | None = None  # the worker process of [refit] parallel, once started
         self.reconfigure(settings)
 
     def estimator(self, workflow: str, start: Start | None = None, energy_end_kev: float | None = None):
@@ -102,6 +104,23 @@ class Analyzer:
         q = settings.quantify
         self._user_kfactors = q.user_kfactors()
         self._user_source = USER_KFACTORS + (f" and table {q.kfactor_table}" if q.kfactor_table else "")
+        r = settings.refit
+        if not parallel_wanted(r.parallel, r.workflows):
+            self.close()
+        elif r.parallel == "on":
+            self._pool()
+
+    def _pool(self) -> WorkflowPool:
+        if self.pool is None:
+            log.info("worker_starting", workflow=self.settings.refit.workflows[-1])
+            self.pool = WorkflowPool()
+        return self.pool
+
+    def close(self) -> None:
+        """Stop the worker process, if one was started."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
 
     @property
     def latest(self) -> dict[str, WorkflowOutput]:
@@ -125,9 +144,10 @@ class Analyzer:
         record = record if record is not None else self._record_for(snapshot)
         prepared = None
         maps, compositions = {}, {}  # this refit's documents, for the targets and the advice
+        ahead = self._ahead(snapshot, record)
         for workflow in self.settings.refit.workflows:
             try:
-                result, state, document = self._segment(workflow, snapshot, record)
+                result, state, document = self._segment(workflow, snapshot, record, ahead.get(workflow))
             except Exception:  # one workflow failing on odd data must not stop the live service
                 self._failed(log, "segment_failed", workflow, snapshot)
                 continue
@@ -168,15 +188,37 @@ class Analyzer:
         logger.exception(event, workflow=workflow, acquisition_id=snapshot.start.acquisition_id,
                          refit=snapshot.refit, shape=list(snapshot.cube.shape), counts=snapshot.counts)
 
-    def _segment(self, workflow: str, snapshot: Snapshot, record: AcquisitionRecord):
-        """Segment, give the clusters their tracked ids, and build the ``clusters`` document."""
+    def _ahead(self, snapshot: Snapshot, record: AcquisitionRecord) -> dict:
+        """Start the last workflow in the worker process, when ``[refit] parallel`` wants it: {workflow: future}."""
+        r = self.settings.refit
+        rows, columns = snapshot.cube.shape[:2]
+        if not parallel_wanted(r.parallel, r.workflows, pixels=rows * columns):
+            return {}
+        workflow = r.workflows[-1]
+        try:
+            pending = self._pool().submit(snapshot.cube, self._estimator_for(workflow, snapshot, record), workflow,
+                                          snapshot.offset_kev, snapshot.scale_kev)
+        except Exception:  # the refit thread segments it, as without a worker
+            log.exception("worker_submit_failed", workflow=workflow)
+            return {}
+        return {} if pending is None else {workflow: pending}
+
+    def _estimator_for(self, workflow: str, snapshot: Snapshot, record: AcquisitionRecord):
+        """The workflow's estimator for this snapshot, started from the previous refit's embedding."""
         end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
         estimator = self.estimator(workflow, snapshot.start, end)
         previous = record.outputs[workflow].result if workflow in record.outputs else None
         if previous is not None and previous.warm_start and "init" in estimator.get_params():
             estimator.set_params(init=previous.warm_start.get("embedding"))
-        result = segment(snapshot.cube, estimator, workflow, offset_kev=snapshot.offset_kev,
-                         scale_kev=snapshot.scale_kev)
+        return estimator
+
+    def _segment(self, workflow: str, snapshot: Snapshot, record: AcquisitionRecord, pending=None):
+        """Segment (or take the worker's result), give the clusters their tracked ids, build the ``clusters`` document."""
+        previous = record.outputs[workflow].result if workflow in record.outputs else None
+        result = None if pending is None or self.pool is None else self.pool.result(pending)
+        if result is None:  # no worker, or it died: segment here
+            result = segment(snapshot.cube, self._estimator_for(workflow, snapshot, record), workflow,
+                             offset_kev=snapshot.offset_kev, scale_kev=snapshot.scale_kev)
         matching, state = self._track(workflow, previous, result, record)
         result = matching.result
         document = clusters_document(snapshot, result, matching, state)

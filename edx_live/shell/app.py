@@ -111,6 +111,7 @@ class App:
             from edx_live.pipeline.refit import Analyzer
 
             analyze = Analyzer(s)
+            self._closers.append(analyze.close)  # its worker process, if one started
         self.analyzer = analyze
         receivers = ([self.publisher] if self.publisher is not None else []) + list(subscribers)
         checkpoints = None
