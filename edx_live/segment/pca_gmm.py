@@ -126,6 +126,40 @@ class PcaGmm(PreprocessMixin, ClusterMixin, BaseEstimator):
         self._mixture(scores, empty, rng)
         return self
 
+    def fit_sample(self, reduced, stats):
+        """Fit on a sample of pixels, with preprocessing fixed from all of them; returns self.
+
+        For scans seen a chunk at a time: ``stats``
+        (:func:`~edx_live.segment.preprocess.feature_stats`) comes from the total spectrum of
+        every pixel, ``reduced`` holds the sample's counts after ``stats.reduce``. PCA, the
+        choice of the cluster count, the merging of mixes and the final mixture all use the
+        sample; :meth:`assign` then labels any pixels. ``labels_`` and ``probabilities_`` are
+        the sample's.
+        """
+        rng = check_random_state(self.random_state)
+        self.preprocessing_ = stats
+        data = stats.scale_reduced(reduced)
+        self.choices_ = dict(stats.info)
+        if data.shape[0] < 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
+            self.pca_ = self.gmm_ = None
+            return self._fit_single(data.shape[0], "no variance: one cluster")
+        scores = self._reduce(data, rng)
+        empty = self.pca_.transform(stats.empty[None, :])[0, :scores.shape[1]]
+        self._mixture(scores, empty, rng)
+        return self
+
+    def assign(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster and posterior of counts ``X`` (n_samples, n_channels) after :meth:`fit_sample`.
+
+        Returns labels (int64, the mixture's component numbers) and the posterior of the
+        assigned cluster (float64).
+        """
+        data = self.preprocessing_.transform(X)
+        if getattr(self, "gmm_", None) is None:
+            return np.zeros(data.shape[0], dtype=np.int64), np.ones(data.shape[0])
+        resp = self.gmm_.predict_proba(self.pca_.transform(data)[:, :self.n_components_])
+        return resp.argmax(axis=1).astype(np.int64), resp.max(axis=1)
+
     def _reduce(self, data: np.ndarray, rng) -> np.ndarray:
         """PCA scores up to the chosen number of components; records the scree."""
         scores, self.pca_, info = pca_to_knee(data, self.max_components, self.n_components, rng)

@@ -198,3 +198,135 @@ class PreprocessMixin:
                        energy_min_kev=self.energy_min_kev, energy_max_kev=self.energy_max_kev,
                        energy_rebin=self.energy_rebin, min_channel_counts=self.min_channel_counts,
                        normalize=self.normalize, scaling=self.scaling, max_pixel_gain=self.max_pixel_gain)
+
+    def _feature_stats(self, total, n_pixels: int, n_channels: int, sample=None) -> "FeatureStats":
+        return feature_stats(total, n_pixels, n_channels, sample=sample, energy_offset_kev=self.energy_offset_kev,
+                             energy_scale_kev=self.energy_scale_kev, energy_min_kev=self.energy_min_kev,
+                             energy_max_kev=self.energy_max_kev, energy_rebin=self.energy_rebin,
+                             min_channel_counts=self.min_channel_counts, normalize=self.normalize,
+                             scaling=self.scaling, max_pixel_gain=self.max_pixel_gain)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Fixed preprocessing for data seen a chunk at a time: what :func:`prepare` works out from all pixels.
+
+    Made by :func:`feature_stats` from the total spectrum (and, for the scalings that need
+    per-channel order statistics, a sample of pixels). :meth:`reduce` then :meth:`scale`
+    turn any chunk of pixels into the rows :func:`prepare` would have given them.
+
+    Attributes
+    ----------
+    window : slice
+        Detector channels in the energy window.
+    rebin : int
+    keep : numpy.ndarray of bool, shape (n_reduced,)
+        Reduced channels kept (enough counts over all pixels).
+    channels : numpy.ndarray of int
+        For each feature, the first original channel it sums.
+    info : dict
+    pixel_mean : float
+        Mean counts of a pixel over the kept features (Poisson scaling, normalisation).
+    column : numpy.ndarray of float, shape (n_features,) or None
+        Poisson scaling: each feature's factor.
+    center, scale : numpy.ndarray or None
+        Robust scaling: the median and interquartile range of each feature (from a sample).
+    normalize : bool
+    scaling : str
+    max_pixel_gain : float or None
+    """
+
+    window: slice
+    rebin: int
+    keep: np.ndarray
+    channels: np.ndarray
+    info: dict
+    pixel_mean: float
+    column: np.ndarray | None = None
+    center: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    normalize: bool = False
+    scaling: str = "none"
+    max_pixel_gain: float | None = None
+
+    def reduce(self, X) -> np.ndarray:
+        """Window and rebin counts (n, channels): integer counts (n, n_reduced), before ``keep``."""
+        return rebin_channels(np.asarray(X)[:, self.window], self.rebin)
+
+    def scale_reduced(self, R) -> np.ndarray:
+        """Reduced counts to the matrix a workflow fits or assigns (n, n_features) float64."""
+        data = np.asarray(R)[:, self.keep].astype(np.float64)
+        if self.normalize:
+            totals = data.sum(axis=1, keepdims=True)
+            data = np.divide(data * self.pixel_mean, totals, out=np.zeros_like(data), where=totals > 0)
+        if not data.shape[1]:
+            return data
+        if self.scaling == "robust":
+            return (data - self.center) / self.scale
+        if self.scaling == "poisson":
+            pixel = data.sum(axis=1)
+            with np.errstate(divide="ignore"):
+                mean = self.pixel_mean
+                row = np.where(pixel > 0, 1.0 / np.sqrt(pixel / mean if mean > 0 else pixel), 0.0)
+            if self.max_pixel_gain is not None:
+                row = np.minimum(row, float(self.max_pixel_gain))
+            data *= row[:, None]
+            data *= self.column[None, :]
+        return data
+
+    def transform(self, X) -> np.ndarray:
+        """Counts (n, channels) to the matrix a workflow assigns."""
+        return self.scale_reduced(self.reduce(X))
+
+    @property
+    def empty(self) -> np.ndarray:
+        """What a pixel with no counts becomes."""
+        return self.scale_reduced(np.zeros((1, self.keep.size)))[0]
+
+
+def feature_stats(total, n_pixels: int, n_channels: int, *, sample=None, energy_offset_kev=None,
+                  energy_scale_kev=None, energy_min_kev=0.2, energy_max_kev=None, energy_rebin=1,
+                  min_channel_counts=1.0, normalize=False, scaling="robust", max_pixel_gain=None) -> FeatureStats:
+    """The preprocessing :func:`prepare` would apply to all pixels, from their total spectrum.
+
+    Parameters
+    ----------
+    total : array-like, shape (n_channels,)
+        Counts of every pixel summed.
+    n_pixels : int
+    n_channels : int
+    sample : array-like, shape (n_sample, n_reduced), optional
+        Reduced counts (:meth:`FeatureStats.reduce`) of a sample of pixels. Needed only for
+        ``scaling="robust"`` (median and interquartile range per feature) and for Poisson
+        scaling of normalised pixels (channel means after normalisation); both are then
+        estimated on the sample. Everything else is exact.
+    Other parameters : as :func:`prepare`.
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
+    window = energy_window(n_channels, energy_offset_kev, energy_scale_kev, energy_min_kev, energy_max_kev)
+    rebin = max(1, int(energy_rebin))
+    reduced = rebin_channels(np.asarray(total, dtype=np.float64)[None, window], rebin)[0]
+    first = window.start + rebin * np.arange(reduced.size)
+    keep = reduced >= max(min_channel_counts, np.finfo(np.float64).tiny)
+    n = max(int(n_pixels), 1)
+    pixel_mean = float(reduced[keep].sum() / n)
+    info = {"scaling": scaling, "normalize": int(bool(normalize)), "energy_rebin": rebin,
+            "channel_first": int(window.start), "channel_stop": int(window.stop), "features": int(keep.sum())}
+    stats = FeatureStats(window, rebin, keep, first[keep].astype(np.int64), info, pixel_mean,
+                         normalize=bool(normalize), max_pixel_gain=max_pixel_gain)
+    needs_sample = scaling == "robust" or (scaling == "poisson" and normalize)
+    if needs_sample and sample is None:
+        raise ValueError(f"scaling={scaling!r} with normalize={normalize} needs a sample of pixels")
+    if scaling == "poisson":
+        channel = (stats.scale_reduced(sample).mean(axis=0) if normalize else reduced[keep] / n)
+        with np.errstate(divide="ignore"):
+            column = np.where(channel > 0, 1.0 / np.sqrt(np.where(channel > 0, channel, 1.0)), 0.0)
+        return FeatureStats(**{**stats.__dict__, "scaling": "poisson", "column": column})
+    if scaling == "robust":
+        from sklearn.preprocessing import RobustScaler
+
+        scaler = RobustScaler().fit(stats.scale_reduced(sample))
+        return FeatureStats(**{**stats.__dict__, "scaling": "robust", "center": scaler.center_,
+                               "scale": scaler.scale_})
+    return stats
