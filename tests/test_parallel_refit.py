@@ -107,3 +107,31 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_worker_ends_with_a_killed_service(tmp_path):
+    """A service killed with SIGKILL cannot stop its worker: the worker notices and ends by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys, time\n"
+        "from edx_live.pipeline.workers import WorkflowPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkflowPool()\n"
+        "    while not pool._executor._processes:\n"
+        "        time.sleep(0.05)\n"
+        "    print(*pool._executor._processes, flush=True)\n"
+        "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline().split()[0])
+        assert _alive(worker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        until(lambda: not _alive(worker), timeout_s=60, what="the orphaned worker to end")
+    finally:
+        proc.kill()

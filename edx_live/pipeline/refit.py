@@ -35,6 +35,8 @@ from edx_live.segment.tracking import ConvergenceState, ConvergenceTracker, matc
 
 #: Channels fitted reach this far above the highest line of interest (about 3 FWHM at 10 keV).
 LINE_MARGIN_KEV = 0.5
+#: UMAP epochs of a warm-started refit (``warm_epochs = "auto"``): until the map holds still, and after.
+WARM_EPOCHS, SETTLED_EPOCHS = 60, 20
 
 log = get_logger("segment")
 qlog = get_logger("quantify")
@@ -207,10 +209,23 @@ class Analyzer:
         """The workflow's estimator for this snapshot, started from the previous refit's embedding."""
         end = snapshot.offset_kev + snapshot.scale_kev * snapshot.cube.shape[-1]
         estimator = self.estimator(workflow, snapshot.start, end)
-        previous = record.outputs[workflow].result if workflow in record.outputs else None
-        if previous is not None and previous.warm_start and "init" in estimator.get_params():
-            estimator.set_params(init=previous.warm_start.get("embedding"))
+        output = record.outputs.get(workflow)
+        if output is not None and output.result.warm_start and "init" in estimator.get_params():
+            estimator.set_params(init=output.result.warm_start.get("embedding"),
+                                 warm_epochs=self._warm_epochs(output.convergence))
         return estimator
+
+    def _warm_epochs(self, state: ConvergenceState | None) -> int:
+        """UMAP epochs of a warm refit: ``[umap_hdbscan] warm_epochs``, or for ``auto`` fewer once the map holds.
+
+        The map holds still once the last refit agreed with the one before it (label agreement
+        and spectra within ``[tracking]``, same cluster count): the embedding it hands on then
+        needs only to settle the new counts, not to be drawn again.
+        """
+        setting = self.settings.umap_hdbscan.warm_epochs
+        if setting != "auto":
+            return int(setting)
+        return SETTLED_EPOCHS if state is not None and state.stable_refits >= 1 else WARM_EPOCHS
 
     def _segment(self, workflow: str, snapshot: Snapshot, record: AcquisitionRecord, pending=None):
         """Segment (or take the worker's result), give the clusters their tracked ids, build the ``clusters`` document."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -51,14 +52,25 @@ def parallel_wanted(setting: str, workflows, pixels: int | None = None, cores: i
     return (cores or 1) >= 2 and (pixels is None or pixels >= AUTO_MIN_PIXELS)
 
 
-def _warm(fmt: str, level: str) -> None:
+def _warm(fmt: str, level: str, parent: int) -> None:
     """Worker start-up: structured logs as the parent's, then numba's compilation out of the first refit."""
     from edx_live.logs import configure
 
     configure(fmt, level)
+    _exit_with_parent(parent)
     from edx_live.segment import warm_up
 
     warm_up()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this worker once its parent is gone (killed with SIGKILL, it could not stop the worker itself)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="edx-live-parent-watch", daemon=True).start()
 
 
 def _ready() -> int:
@@ -99,7 +111,7 @@ class WorkflowPool:
     def _start(self) -> None:
         try:
             self._executor = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_warm,
-                                                 initargs=(configured["fmt"], configured["level"]))
+                                                 initargs=(configured["fmt"], configured["level"], os.getpid()))
             self._ready = self._executor.submit(_ready)
         except OSError as exc:  # no process could be made: refits stay in the thread
             log.warning("worker_not_started", error=str(exc))

@@ -229,10 +229,26 @@ def nearest_cluster(sums: np.ndarray, k: int, alive: list[int]) -> int:
 
 def binned_pixels(X: np.ndarray, rule: PhaseRule, offset_kev: float | None, scale_kev: float | None,
                   block: int = 4096) -> np.ndarray:
-    """Every pixel's counts in the rule's window and bins, float32 (pixels, bins), a block of rows at a time."""
-    rows = [binned_spectra(X[r0:r0 + block], rule, offset_kev, scale_kev).astype(np.float32)
-            for r0 in range(0, X.shape[0], block)]
-    return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    """Every pixel's counts in the rule's window and bins, float32 (pixels, bins), a block of rows at a time.
+
+    Integer counts are summed as integers (exact, and without a float64 copy of each block);
+    other inputs as :func:`binned_spectra` does.
+    """
+    X = np.asarray(X)
+    if not np.issubdtype(X.dtype, np.integer):
+        rows = [binned_spectra(X[r0:r0 + block], rule, offset_kev, scale_kev).astype(np.float32)
+                for r0 in range(0, X.shape[0], block)]
+        return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    window = energy_window(X.shape[1], offset_kev, scale_kev, rule.energy_min_kev, None)
+    calibrated = offset_kev is not None and scale_kev is not None and scale_kev > 0
+    factor = max(1, int(round(rule.bin_kev / scale_kev))) if calibrated else 1
+    width = len(range(X.shape[1])[window])
+    bins = width // factor if factor > 1 else width
+    out = np.empty((X.shape[0], bins), dtype=np.float32)
+    for r0 in range(0, X.shape[0], block):
+        part = X[r0:r0 + block, window][:, :bins * factor]
+        out[r0:r0 + block] = part.reshape(part.shape[0], bins, factor).sum(axis=2, dtype=np.int64)
+    return out
 
 
 def settle_phases(cube, labels, rule: PhaseRule = PhaseRule(), offset_kev: float | None = None,
@@ -259,7 +275,8 @@ def settle_phases(cube, labels, rule: PhaseRule = PhaseRule(), offset_kev: float
     binned = binned_pixels(X, rule, offset_kev, scale_kev)
     members = [lab == c for c in range(n)]
     sums = np.array([binned[m].sum(axis=0, dtype=np.float64) for m in members]).reshape(n, binned.shape[1])
-    counts = np.array([X[m].sum(dtype=np.float64) for m in members])
+    totals = X.sum(axis=1, dtype=np.int64 if np.issubdtype(X.dtype, np.integer) else np.float64)
+    counts = np.array([totals[m].sum(dtype=np.float64) for m in members])  # one pass over the cube, not n
     pixels = np.array([m.sum() for m in members], dtype=np.int64)
     mapping = np.arange(n, dtype=np.int64)
     actions, alive, distinct = [], list(range(n)), {}
