@@ -11,8 +11,8 @@ advice), timed to its last document.
 
 - **before**: ``[refit] parallel = "off"``, ``[umap_hdbscan] warm_epochs = 60``: the two
   workflows one after the other in the refit thread, 60 UMAP epochs at every warm refit;
-- **after**: ``parallel = "on"``, ``warm_epochs = "auto"`` (the defaults at this size): umap-hdbscan
-  in the worker process beside pca-gmm, 20 epochs once the map holds still;
+- **after**: the defaults, ``parallel = "auto"``, ``warm_epochs = "auto"``: with 2 or more cores
+  umap-hdbscan in the worker process beside pca-gmm, 20 UMAP epochs once the map holds still;
 - **as written**: the study's workflows on the same binned cube (RobustScaler on all channels,
   PCA + GaussianMixture; UMAP + HDBSCAN), one fit each, once.
 
@@ -37,7 +37,7 @@ from _common import machine  # noqa: E402
 
 CADENCE_S = 5.0
 CONFIGS = {"before": {"refit": {"parallel": "off"}, "umap_hdbscan": {"warm_epochs": 60}},
-           "after": {"refit": {"parallel": "on"}, "umap_hdbscan": {"warm_epochs": "auto"}}}
+           "after": {"refit": {"parallel": "auto"}, "umap_hdbscan": {"warm_epochs": "auto"}}}
 
 
 def _acquisition(size: int, channels: int, refits: int, dose: float):
@@ -61,7 +61,7 @@ def run_config(name: str, size: int, channels: int, refits: int, dose: float, t_
     from edx_live.pipeline.refit import Analyzer
 
     analyzer = Analyzer(load_settings(overrides=CONFIGS[name]))
-    if analyzer.pool is not None:
+    if analyzer.prepare(size * size) is not None:
         t0 = time.perf_counter()
         analyzer.pool._ready.result()
         print(f"  {name}: worker warmed up in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -11,7 +11,7 @@ from edx_protocol import Start
 from edx_live.config import load_settings
 from edx_live.core.snapshot import Snapshot
 from edx_live.pipeline.refit import Analyzer
-from edx_live.pipeline.workers import AUTO_MIN_PIXELS, parallel_wanted
+from edx_live.pipeline.workers import AUTO_MIN_PIXELS, parallel_wanted, usable_cores
 
 from conftest import until
 
@@ -65,6 +65,16 @@ def test_auto_wants_a_worker_only_where_it_pays():
     assert not parallel_wanted("auto", ["umap-hdbscan"], pixels=10**6, cores=8)
     assert parallel_wanted("on", both, pixels=16, cores=1)
     assert not parallel_wanted("off", both, pixels=10**6, cores=8)
+
+    # An acquisition's start asks the analyzer to prepare: a small scan starts no worker, a large one does.
+    analyzer = Analyzer(load_settings())
+    try:
+        assert analyzer.prepare(AUTO_MIN_PIXELS - 1) is None and analyzer.pool is None
+        if usable_cores() >= 2:
+            assert analyzer.prepare(AUTO_MIN_PIXELS) is analyzer.pool is not None
+    finally:
+        analyzer.close()
+    assert analyzer.pool is None
 
 
 def test_worker_gives_the_documents_of_a_serial_refit_and_survives_being_killed(doses):

@@ -112,6 +112,15 @@ class Analyzer:
         elif r.parallel == "on":
             self._pool()
 
+    def prepare(self, pixels: int) -> WorkflowPool | None:
+        """An acquisition of ``pixels`` binned pixels has started: start the worker now if its refits will want it.
+
+        Its warm-up (numba compiling UMAP, about a minute of one core) then overlaps the
+        acquisition's first seconds instead of its first refits.
+        """
+        r = self.settings.refit
+        return self._pool() if parallel_wanted(r.parallel, r.workflows, pixels=pixels) else None
+
     def _pool(self) -> WorkflowPool:
         if self.pool is None:
             log.info("worker_starting", workflow=self.settings.refit.workflows[-1])

@@ -35,6 +35,14 @@ log = get_logger("segment")
 AUTO_MIN_PIXELS = 16384
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity: a container's or ``taskset``'s limit), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def parallel_wanted(setting: str, workflows, pixels: int | None = None, cores: int | None = None) -> bool:
     """Whether ``[refit] parallel`` asks for a worker for a refit of ``pixels`` binned pixels.
 
@@ -48,8 +56,8 @@ def parallel_wanted(setting: str, workflows, pixels: int | None = None, cores: i
         return False
     if setting == "on":
         return True
-    cores = os.cpu_count() if cores is None else cores
-    return (cores or 1) >= 2 and (pixels is None or pixels >= AUTO_MIN_PIXELS)
+    cores = usable_cores() if cores is None else cores
+    return cores >= 2 and (pixels is None or pixels >= AUTO_MIN_PIXELS)
 
 
 def _warm(fmt: str, level: str, parent: int) -> None:

@@ -367,6 +367,11 @@ class Service:
                 current = self.recorder.current
                 record.recording = str(current) if current is not None else None
             self._save_checkpoint(record)  # from now on, a crash leaves this acquisition to recover
+            prepare = getattr(self.analyze, "prepare", None)
+            if prepare is not None:  # e.g. the worker process of a large scan starts warming up now
+                rows, columns = acq.start.scan_shape
+                b = self.settings.accumulate.spatial_bin
+                prepare(-(-rows // b) * -(-columns // b))
             self.emit_status()
         elif outcome.kind == "stop":
             acq = self.ingest.current
