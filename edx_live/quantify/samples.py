@@ -100,6 +100,17 @@ def cluster_samples(cube: np.ndarray, labels: np.ndarray, n_clusters: int, *, we
     return ClusterSamples(stack, replicas, bootstrap, pixels, weight)
 
 
+def random_groups(n: int, blocks: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The group of each of ``n`` pixels: one each when ``n <= blocks``, else ``blocks`` equal groups at random."""
+    if n <= blocks:
+        return np.arange(n), n
+    order = rng.permutation(n)
+    starts = np.linspace(0, n, blocks + 1).astype(int)[:-1]
+    group = np.empty(n, dtype=np.int64)
+    group[order] = np.searchsorted(starts, np.arange(n), side="right") - 1
+    return group, blocks
+
+
 def _groups(flat: np.ndarray, members: np.ndarray, w: np.ndarray, blocks: int, channels: slice,
             rng: np.random.Generator):
     """Weighted spectra of ``members`` summed into at most ``blocks`` random groups, and the sums of w**2 x.
@@ -109,14 +120,7 @@ def _groups(flat: np.ndarray, members: np.ndarray, w: np.ndarray, blocks: int, c
     lo, hi, step = channels.indices(flat.shape[1])
     if step != 1:
         raise ValueError("channels must be a contiguous slice")
-    if len(w) <= blocks:
-        group, n_groups = np.arange(len(w)), len(w)
-    else:
-        order = rng.permutation(len(w))
-        starts = np.linspace(0, len(w), blocks + 1).astype(int)[:-1]
-        group = np.empty(len(w), dtype=np.int64)
-        group[order] = np.searchsorted(starts, np.arange(len(w)), side="right") - 1
-        n_groups = blocks
+    group, n_groups = random_groups(len(w), blocks, rng)
     return _group_sums(flat, members.astype(np.int64), group, np.asarray(w, np.float64), lo, max(hi, lo), n_groups)
 
 

@@ -8,16 +8,20 @@
    pixel (for the report), and a fixed sample of binned pixels, drawn by pixel index
    (:func:`~edx_live.segment.umap_hdbscan.fit_sample`): their features, and their spectra
    in the phase rule's bins;
-2. PCA and the Gaussian mixture fitted on the sample
-   (:meth:`~edx_live.segment.PcaGmm.fit_sample`), then every pixel assigned
-   (:meth:`~edx_live.segment.PcaGmm.assign`): its label and posterior;
+2. each workflow fitted on the sample: PCA and the Gaussian mixture
+   (:meth:`~edx_live.segment.PcaGmm.fit_sample`); PCA, UMAP, HDBSCAN and its refinements
+   (:meth:`~edx_live.segment.UmapHdbscan.fit_sample`); then every pixel assigned, for all
+   workflows in the same pass (:meth:`~edx_live.segment.PcaGmm.assign`: label and
+   posterior; :meth:`~edx_live.segment.UmapHdbscan.assign`: the sample's pixels their
+   fitted label, the others the vote of their nearest sample pixels in PCA space);
 3. with the label map whole, each cluster's core (:func:`~edx_live.quantify.cores.cores`)
    and bootstrap groups are fixed; the integer cluster sums and the weighted group sums
    quantification needs grow band by band (:mod:`.sums`), then exspy's model fit and
-   Cliff-Lorimer run on them as in a live refit.
+   Cliff-Lorimer run on them as in a live refit; one pass per workflow.
 
-Held whole: the label map (int64), the confidence map (float32), the pixel counts map
-(float64 per scan pixel), the sample and the group sums; never a spectrum per pixel.
+Held whole: per workflow the label map (int64) and the confidence map (float32), and for
+umap-hdbscan the outlier scores (float32); the pixel counts map (float64 per scan pixel),
+the sample and the group sums; never a spectrum per pixel.
 The session folder is the one ``edx-live process`` writes, without ``spectrum_image.hspy``.
 """
 
@@ -42,7 +46,7 @@ SAMPLE_PIXELS = 16384
 #: does not depend on the band size).
 GROUP_SUMS_BYTES = 64 << 20
 #: Workflows that run out of core.
-WORKFLOWS = ("pca-gmm",)
+WORKFLOWS = ("pca-gmm", "umap-hdbscan")
 #: Why the session folder has no spectrum image.
 NO_SPECTRUM_IMAGE = ("not written: processed out of core, the spectrum image is larger than the memory "
                      "this run may use; the input file is the spectrum image")
@@ -85,60 +89,123 @@ def _check_out_dir(out_dir) -> Path:
     return out
 
 
-def first_pass(scan, geometry: Geometry, selection, factor: int, reducer, rule, sample: np.ndarray | None):
-    """Total spectrum (int64), counts per scan pixel, the sample's reduced counts and its phase-rule bins."""
+def first_pass(scan, geometry: Geometry, selection, factor: int, reducers: dict, rule, sample: np.ndarray | None):
+    """Total spectrum (int64), counts per scan pixel, the sample's reduced counts and its phase-rule bins.
+
+    ``reducers`` maps a workflow to its :class:`~edx_live.segment.preprocess.FeatureStats`
+    window and rebin; the reduced counts come back the same way, one array per workflow.
+    """
     from edx_live.segment.phases import binned_spectra
 
     total = np.zeros(selection.channels, dtype=np.int64)
     counts_map = np.zeros(scan.shape[:2], dtype=np.float64)
     chosen = np.arange(geometry.pixels) if sample is None else sample
-    reduced, phase = None, None
+    reduced, phase = {}, None
     for brow, flat in bands(scan, geometry.bands, selection, factor, counts_map):
         total += flat.sum(axis=0)
         p0 = brow * geometry.columns
         lo, hi = np.searchsorted(chosen, [p0, p0 + flat.shape[0]])
         rows = flat[chosen[lo:hi] - p0]
-        part = reducer.reduce(rows)
         bins = binned_spectra(rows, rule, selection.offset_kev, selection.scale_kev)
-        if reduced is None:
-            reduced = np.zeros((chosen.size, part.shape[1]), dtype=np.int64)
+        if phase is None:
             phase = np.zeros((chosen.size, bins.shape[1]), dtype=np.float32)
-        reduced[lo:hi], phase[lo:hi] = part, bins
+        phase[lo:hi] = bins
+        for workflow, reducer in reducers.items():
+            part = reducer.reduce(rows)
+            if workflow not in reduced:
+                reduced[workflow] = np.zeros((chosen.size, part.shape[1]), dtype=np.int64)
+            reduced[workflow][lo:hi] = part
     return total, counts_map, reduced, phase
 
 
-def segment_out_of_core(scan, geometry: Geometry, selection, factor: int, estimator, sample, reduced, phase,
-                        total: np.ndarray, rule):
-    """Fit ``estimator`` (a PcaGmm) on the sample, assign every pixel band by band, settle the phases.
+@dataclass
+class Segmented:
+    """One workflow's answer for every pixel: labels and confidence (rows, columns), what was chosen."""
 
-    Returns labels (rows, columns), confidence (float32, same shape) and the choices.
+    labels: np.ndarray
+    confidence: np.ndarray
+    outlier: np.ndarray | None
+    choices: dict
+    fit_seconds: float
+
+
+def segment_out_of_core(scan, geometry: Geometry, selection, factor: int, estimators: dict, sample, reduced: dict,
+                        phase, total: np.ndarray, rule) -> dict:
+    """Fit each estimator (PcaGmm, UmapHdbscan) on the sample, assign every pixel band by band, settle the phases.
+
+    One pass over the file assigns the pixels of every workflow. Returns {workflow: :class:`Segmented`}.
     """
+    n_sample = geometry.pixels if sample is None else sample.size
+    # Judged on the sample: its pixels stand for all, so the smallest phase shrinks with it.
+    sample_rule = replace(rule, min_pixels=max(1, math.ceil(rule.min_pixels * n_sample / geometry.pixels)))
+    seconds = {}
+    for workflow, estimator in estimators.items():
+        t0 = time.perf_counter()
+        stats = estimator._feature_stats(total, geometry.pixels, selection.channels, sample=reduced[workflow])
+        if workflow == "umap-hdbscan":
+            estimator.fit_sample(reduced[workflow], stats, phase, sample_rule, sample)
+        else:
+            estimator.fit_sample(reduced[workflow], stats)
+        seconds[workflow] = time.perf_counter() - t0
+    labels = {w: np.empty(geometry.pixels, dtype=np.int64) for w in estimators}
+    confidence = {w: np.empty(geometry.pixels, dtype=np.float32) for w in estimators}
+    outlier = {w: np.empty(geometry.pixels, dtype=np.float32) for w in estimators if w == "umap-hdbscan"}
+    for brow, flat in bands(scan, geometry.bands, selection, factor):
+        p0 = brow * geometry.columns
+        rows = slice(p0, p0 + flat.shape[0])
+        for workflow, estimator in estimators.items():
+            if workflow == "umap-hdbscan":
+                labels[workflow][rows], confidence[workflow][rows], outlier[workflow][rows] = estimator.assign(
+                    flat, np.arange(rows.start, rows.stop))
+            else:
+                labels[workflow][rows], confidence[workflow][rows] = estimator.assign(flat)
+    shape = (geometry.rows, geometry.columns)
+    out = {}
+    for workflow, estimator in estimators.items():
+        choices = dict(estimator.choices_)
+        choices.update(fit_samples_drawn=int(n_sample), assigned_pixels=int(geometry.pixels))
+        if workflow == "umap-hdbscan":
+            flat_labels = _in_size_order(labels[workflow], choices)
+        else:
+            flat_labels = _settled(labels[workflow], phase, sample, estimator, rule, sample_rule, choices)
+        choices["label_order"] = "decreasing pixels"
+        scores = outlier.get(workflow)
+        out[workflow] = Segmented(flat_labels.reshape(shape), np.clip(confidence[workflow], 0, 1).reshape(shape),
+                                  None if scores is None else np.clip(scores, 0, 1).reshape(shape), choices,
+                                  seconds[workflow])
+    return out
+
+
+def _settled(labels: np.ndarray, phase, sample, estimator, rule, sample_rule, choices: dict) -> np.ndarray:
+    """Labels in decreasing size, with the phase rule applied on the sample (updates ``choices``)."""
     from edx_live.segment.phases import phase_choices, settle_phases
     from edx_live.segment.run import _apply, order_by_size
 
-    stats = estimator._feature_stats(total, geometry.pixels, selection.channels, sample=reduced)
-    estimator.fit_sample(reduced, stats)
-    labels = np.empty(geometry.pixels, dtype=np.int64)
-    confidence = np.empty(geometry.pixels, dtype=np.float32)
-    for brow, flat in bands(scan, geometry.bands, selection, factor):
-        p0 = brow * geometry.columns
-        labels[p0:p0 + flat.shape[0]], confidence[p0:p0 + flat.shape[0]] = estimator.assign(flat)
     flat_labels, n_clusters = order_by_size(labels)
-    choices = dict(estimator.choices_)
-    n_sample = geometry.pixels if sample is None else sample.size
-    choices.update(fit_samples_drawn=int(n_sample), assigned_pixels=int(geometry.pixels))
     if rule is not None and estimator.n_clusters is None and n_clusters > 0:
-        # Judged on the sample: its pixels stand for all, so the smallest phase shrinks with it.
-        sample_rule = replace(rule, min_pixels=max(1, math.ceil(rule.min_pixels * n_sample / geometry.pixels)))
         on_sample = flat_labels if sample is None else flat_labels[sample]
         settled = settle_phases(phase, on_sample, sample_rule)
         pixels = np.bincount(flat_labels[flat_labels >= 0], minlength=n_clusters)
         flat_labels, _, pixels, into = _apply(settled.mapping, flat_labels, np.zeros((n_clusters, 1)), pixels)
         choices.update(n_clusters=int(pixels.size), **phase_choices(rule, settled.actions, into),
                        phase_rule_on="the fit sample (min_pixels scaled to it)")
-    choices["label_order"] = "decreasing pixels"
-    shape = (geometry.rows, geometry.columns)
-    return flat_labels.reshape(shape), confidence.reshape(shape), choices
+    return flat_labels
+
+
+def _in_size_order(labels: np.ndarray, choices: dict) -> np.ndarray:
+    """Labels in decreasing size; the clusters the estimator's phase rule merged into, in that order too."""
+    from edx_live.segment.result import INTO_KEY, NOISE
+    from edx_live.segment.run import order_by_size
+
+    flat_labels, n_clusters = order_by_size(labels)
+    if INTO_KEY in choices:  # as segment.run.segment: the estimator's labels, in the order above
+        new = np.full(int(labels.max()) + 1 if labels.size else 0, NOISE, dtype=np.int64)
+        new[labels[labels >= 0]] = flat_labels[labels >= 0]
+        choices[INTO_KEY] = [float(new[int(label)]) if 0 <= label < new.size else float(NOISE)
+                             for label in choices[INTO_KEY]]
+        choices["phase_rule_on"] = "the fit sample (min_pixels scaled to it)"
+    choices["n_clusters"] = int(n_clusters)
+    return flat_labels
 
 
 def _setup(settings, start, selection, total: np.ndarray):
@@ -211,7 +278,8 @@ def process_out_of_core(path, out_dir, settings, chunk_mb: int | None = None) ->
         ``composition_<workflow>.json``/``.csv``, ``report.png`` and ``summary.json``; no
         ``spectrum_image.hspy``.
     settings : edx_live.config.Settings
-        ``accumulate`` (energy selection, ``spatial_bin``), ``pca_gmm``, ``quantify``.
+        ``accumulate`` (energy selection, ``spatial_bin``), ``refit.workflows`` (which run),
+        ``pca_gmm``, ``umap_hdbscan``, ``quantify``.
     chunk_mb : int, optional
         Raw counts read at a time, MiB (default :data:`~.chunked.DEFAULT_CHUNK_MB`); a band is
         never less than ``spatial_bin`` scan rows.
@@ -248,41 +316,52 @@ def _process(path, out_dir, settings, chunk_mb, sample_pixels: int = SAMPLE_PIXE
     geometry = Geometry(rows, columns, row_bands(scan, chunk_mb, factor))
     analyzer = Analyzer(settings)
     end = selection.offset_kev + selection.scale_kev * selection.channels
-    estimator = analyzer.estimator("pca-gmm", start, end)
-    estimator.set_params(energy_offset_kev=float(selection.offset_kev), energy_scale_kev=float(selection.scale_kev))
-    reducer = _reducer(estimator, selection.channels)
+    estimators = {}
+    for workflow in [w for w in settings.refit.workflows if w in WORKFLOWS]:
+        estimators[workflow] = analyzer.estimator(workflow, start, end)
+        estimators[workflow].set_params(energy_offset_kev=float(selection.offset_kev),
+                                        energy_scale_kev=float(selection.scale_kev))
+    reducers = {workflow: _reducer(e, selection.channels) for workflow, e in estimators.items()}
     sample = fit_sample(geometry.pixels, sample_pixels)
     rule = DEFAULT_PHASE_RULE
-    total, counts_map, reduced, phase = first_pass(scan, geometry, selection, factor, reducer, rule, sample)
+    total, counts_map, reduced, phase = first_pass(scan, geometry, selection, factor, reducers, rule, sample)
     t1 = time.perf_counter()
-    labels, confidence, choices = segment_out_of_core(scan, geometry, selection, factor, estimator, sample,
-                                                      reduced, phase, total, rule)
+    segmented = segment_out_of_core(scan, geometry, selection, factor, estimators, sample, reduced, phase, total,
+                                    rule)
     del reduced, phase
-    n_clusters = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
     t2 = time.perf_counter()
     try:
         setup, reason = _setup(settings, start, selection, total.astype(np.float64)), None
     except ValueError as exc:  # SetupError, LineError, KFactorError
         setup, reason = None, str(exc)
     quantifier = ClusterQuantifier(settings.quantify.options())
-    spectra, pixels, quant, blocks = quantify_out_of_core(
-        scan, geometry, selection, factor, labels, confidence, n_clusters, quantifier, setup, total,
-        GROUP_SUMS_BYTES)
-    t3 = time.perf_counter()
-    result = SegmentationResult(workflow="pca-gmm", labels=labels, spectra=spectra.astype(np.float64),
-                                pixels=pixels, confidence=confidence.astype(np.float64), choices=choices,
-                                fit_seconds=t2 - t1)
     snapshot = snapshot_of(start, factor, selection, int(total.sum()))
-    output = WorkflowOutput(snapshot, result, quant, t3 - t2)
+    outputs, blocks, quantify_s = {}, {}, {}
+    for workflow, seg in segmented.items():
+        t = time.perf_counter()
+        labels = seg.labels
+        n_clusters = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+        spectra, pixels, quant, blocks[workflow] = quantify_out_of_core(
+            scan, geometry, selection, factor, labels, seg.confidence, n_clusters, quantifier, setup, total,
+            GROUP_SUMS_BYTES)
+        result = SegmentationResult(workflow=workflow, labels=labels, spectra=spectra.astype(np.float64),
+                                    pixels=pixels, confidence=seg.confidence.astype(np.float64),
+                                    choices=seg.choices, fit_seconds=seg.fit_seconds,
+                                    outlier=None if seg.outlier is None else seg.outlier.astype(np.float64))
+        quantify_s[workflow] = time.perf_counter() - t
+        outputs[workflow] = WorkflowOutput(snapshot, result, quant, quantify_s[workflow])
+    t3 = time.perf_counter()
     facts = {"bands": len(geometry.bands), "band_rows": geometry.bands[0][1] - geometry.bands[0][0],
              "chunk_mb": chunk_mb, "sample_pixels": int(geometry.pixels if sample is None else sample.size),
              "bootstrap_blocks": blocks, "not_quantified": reason,
              "timings_s": {"first_pass": round(t1 - t0, 3), "segment": round(t2 - t1, 3),
+                           "fit": {w: round(seg.fit_seconds, 3) for w, seg in segmented.items()},
                            "quantify": round(t3 - t2, 3)}}
-    summary = write_out_of_core_session(out, path, start, selection, counts_map, {"pca-gmm": output}, total,
+    summary = write_out_of_core_session(out, path, start, selection, counts_map, outputs, total,
                                         facts, settings, time.perf_counter() - t0)
     log.info("out_of_core_done", source=str(path), out=str(out), bands=len(geometry.bands),
-             clusters=n_clusters, seconds=round(time.perf_counter() - t0, 3))
+             clusters={w: o.result.n_clusters for w, o in outputs.items()},
+             seconds=round(time.perf_counter() - t0, 3))
     return summary
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 #: What the compositions' uncertainties carry out of core (``summary.json``, ``out_of_core.uncertainty``).
 UNCERTAINTY = ("as a live refit: counting replicas from each cluster's summed spectrum and its sum of squared "
-               "weights, the pixel bootstrap over at most `bootstrap_blocks` random groups of each cluster's "
-               "pixels (group sums accumulated band by band), the boundary bias from core vs. wider pixels, "
+               "weights, the pixel bootstrap over at most `bootstrap_blocks` (by workflow) random groups of each "
+               "cluster's pixels (group sums accumulated band by band), the boundary bias from core vs. wider pixels, "
                "the fit's misfit and background-order terms")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from edx_live.quantify.samples import ClusterSamples, _scaled_poisson
+from edx_live.quantify.samples import ClusterSamples, _scaled_poisson, random_groups
 
 
 def pixel_groups(labels: np.ndarray, n_clusters: int, blocks: int, rng: np.random.Generator):
@@ -28,14 +28,7 @@ def pixel_groups(labels: np.ndarray, n_clusters: int, blocks: int, rng: np.rando
     counts, offset = [], 0
     for k in range(n_clusters):
         members = np.flatnonzero(lab == k)
-        if len(members) <= blocks:
-            group, n_groups = np.arange(len(members)), len(members)
-        else:
-            order = rng.permutation(len(members))
-            starts = np.linspace(0, len(members), blocks + 1).astype(int)[:-1]
-            group = np.empty(len(members), dtype=np.int64)
-            group[order] = np.searchsorted(starts, np.arange(len(members)), side="right") - 1
-            n_groups = blocks
+        group, n_groups = random_groups(len(members), blocks, rng)
         row[members] = offset + group
         counts.append(n_groups)
         offset += n_groups

@@ -162,6 +162,8 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         PCA components kept before UMAP (0 if skipped).
     embedding_ : numpy.ndarray of float, shape (n_samples, n_components)
     choices_ : dict
+    preprocessing_, sample_, scores_ : after :meth:`fit_sample` only
+        The fixed preprocessing, the sample's pixel indices and its PCA scores, which :meth:`assign` uses.
     """
 
     def __init__(self, n_components=4, n_neighbors=15, min_dist=0.0, min_cluster_size=None, min_samples=None,
@@ -208,12 +210,91 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         if n <= self.n_components + 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
             return self._fit_single(n, "too few pixels or no variance: one cluster")
         data = self._denoise(data, rng)
+        phases = (X, PhaseRule(), self.energy_offset_kev, self.energy_scale_kev)
+        self._segment(data, prepared.empty, phases, rng)
+        return self
+
+    def fit_sample(self, reduced, stats, spectra, rule: PhaseRule | None = None, pixels=None):
+        """Fit on a sample of pixels, with preprocessing fixed from all of them; returns self.
+
+        For scans seen a chunk at a time, as :meth:`~edx_live.segment.PcaGmm.fit_sample`:
+        ``stats`` (:func:`~edx_live.segment.preprocess.feature_stats`) comes from the total
+        spectrum of every pixel, ``reduced`` holds the sample's counts after ``stats.reduce``.
+        PCA, UMAP, HDBSCAN, the placing of noise, the boundaries, the merging of mixes and the
+        phase rule all use the sample, as :meth:`fit` uses every pixel; :meth:`assign` then
+        labels any pixels. ``labels_``, ``probabilities_`` and ``outlier_scores_`` are the sample's.
+
+        Parameters
+        ----------
+        reduced : array-like of int, shape (n_sample, n_reduced)
+        stats : FeatureStats
+        spectra : array-like, shape (n_sample, n_bins)
+            The sample's counts in the phase rule's bins
+            (:func:`~edx_live.segment.phases.binned_spectra`), which ``settle_phases`` judges.
+        rule : PhaseRule, optional
+            The rule for the sample (its ``min_pixels`` scaled to the sample); None is the default rule.
+        pixels : array-like of int, shape (n_sample,), optional
+            The sample's pixel indices in the scan, increasing; :meth:`assign` gives these pixels
+            their fitted labels. None: the sample is every pixel, in order.
+        """
+        rng = check_random_state(self.random_state)
+        self.preprocessing_ = stats
+        data = stats.scale_reduced(reduced)
+        self.choices_ = dict(stats.info)
+        n = data.shape[0]
+        self.sample_ = np.arange(n, dtype=np.int64) if pixels is None else np.asarray(pixels, dtype=np.int64)
+        self.pca_, self.scores_, self.neighbors_ = None, None, None
+        if n <= self.n_components + 2 or data.shape[1] == 0 or not np.any(data.var(axis=0) > 0):
+            return self._fit_single(n, "too few pixels or no variance: one cluster")
+        self.scores_ = self._denoise(data, rng)
+        self._segment(self.scores_, stats.empty, (spectra, rule or PhaseRule(), None, None), rng)
+        return self
+
+    def assign(self, X, pixels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cluster, strength and outlier score of counts ``X`` (n, n_channels) after :meth:`fit_sample`.
+
+        A pixel of the sample (``pixels`` gives each row's index in the scan) gets its fitted
+        values; any other is placed by a vote of its ``place_neighbors`` nearest sample pixels in
+        PCA space (:func:`place`, from the sample's final labels). Returns labels (int64, -1 for
+        unassigned), strength and outlier scores (float64).
+        """
+        n = np.shape(X)[0]
+        if self.scores_ is None:  # one cluster
+            return np.zeros(n, dtype=np.int64), np.ones(n), np.zeros(n)
+        labels, strength, outlier = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
+        fitted = np.zeros(n, dtype=bool)
+        if pixels is not None:
+            pixels = np.asarray(pixels, dtype=np.int64)
+            at = np.minimum(np.searchsorted(self.sample_, pixels), self.sample_.size - 1)
+            fitted = self.sample_[at] == pixels
+            for out, values in zip((labels, strength, outlier),
+                                   (self.labels_, self.probabilities_, self.outlier_scores_)):
+                out[fitted] = values[at[fitted]]
+        if np.all(fitted):
+            return labels, strength, outlier
+        data = self.preprocessing_.transform(np.asarray(X)[~fitted])
+        if self.pca_ is not None:
+            data = self.pca_.transform(data)[:, :self.scores_.shape[1]]
+        if self.neighbors_ is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            k = max(1, min(int(self.place_neighbors), self.scores_.shape[0]))
+            self.neighbors_ = NearestNeighbors(n_neighbors=k).fit(self.scores_)
+        _, idx = self.neighbors_.kneighbors(data)
+        placed = vote(idx, self.labels_, self.probabilities_, self.outlier_scores_)
+        for out, values in zip((labels, strength, outlier), placed):
+            out[~fitted] = values
+        return labels, strength, outlier
+
+    def _segment(self, data: np.ndarray, empty: np.ndarray, phases: tuple, rng) -> None:
+        """Embed (a sample of) the PCA scores ``data``, cluster every pixel; sets the fitted attributes."""
+        n = data.shape[0]
         sample = fit_sample(n, self.max_fit_samples)
         fitted = data if sample is None else data[sample]
         embedding = self._embed(fitted, rng)
         previous = [np.asarray(self.init, dtype=np.float64)] if self.choices_["umap_warm_start"] else []
         layouts = [embedding] + previous
-        candidates = [self._labelled(layout, data, sample, prepared, X) for layout in layouts]
+        candidates = [self._labelled(layout, data, sample, empty, phases) for layout in layouts]
         scores = [icl(data, labels) for labels, *_ in candidates]
         # The previous refit's clusters stay unless this refit's fit the counts clearly better.
         best = int(len(scores) > 1 and scores[0] > scores[1] - self.keep_margin * n)
@@ -226,11 +307,12 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         self.choices_.update(info, n_clusters=self.n_clusters_, layout=LAYOUTS[best], layout_icl=scores,
                              fit_samples=int(fitted.shape[0]), placed_samples=int(n - fitted.shape[0]),
                              noise_pixels=int(np.count_nonzero(labels < 0)))
-        return self
 
-    def _labelled(self, embedding: np.ndarray, data: np.ndarray, sample, prepared, X):
+    def _labelled(self, embedding: np.ndarray, data: np.ndarray, sample, empty: np.ndarray, phases: tuple):
         """Every pixel's cluster from one layout: HDBSCAN, placement, noise placed, mixes merged.
 
+        ``empty`` is what a pixel without counts becomes before PCA; ``phases`` is (counts,
+        rule, offset_kev, scale_kev) as :func:`~edx_live.segment.phases.settle_phases` takes them.
         Returns labels, strength, outlier scores and what was chosen (for ``choices_``).
         """
         labels, strength, outlier, info = self._cluster(embedding)
@@ -243,12 +325,12 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
             labels, strength, moved = gaussian_boundaries(data, labels, strength, random_state=self.random_state)
             info["boundary_pixels_moved"] = moved
         if self.merge_mixed:
-            empty = prepared.empty if self.pca_ is None else self.pca_.transform(prepared.empty[None, :])[0]
+            empty = empty if self.pca_ is None else self.pca_.transform(empty[None, :])[0]
             labels, strength, mixes = merge_mixed_clusters(data, labels, strength, empty[:data.shape[1]])
             info.update(merged_choices(mixes))
         if labels.size and labels.max() > 0:
-            rule = PhaseRule()
-            settled = settle_phases(X, labels, rule, self.energy_offset_kev, self.energy_scale_kev)
+            counts, rule, offset_kev, scale_kev = phases
+            settled = settle_phases(counts, labels, rule, offset_kev, scale_kev)
             mapping = settled.mapping
             kept = np.unique(mapping[mapping >= 0])
             renumber = np.full(mapping.size, NOISE_LABEL, dtype=np.int64)
@@ -347,6 +429,18 @@ def place(data: np.ndarray, sample: np.ndarray, labels: np.ndarray, strength: np
     rest[sample] = False
     k = max(1, min(int(k), sample.size))
     _, idx = NearestNeighbors(n_neighbors=k).fit(data[sample]).kneighbors(data[rest])
+    out_labels = np.empty(n, dtype=np.int64)
+    out_strength = np.empty(n)
+    out_outlier = np.empty(n)
+    out_labels[sample], out_strength[sample], out_outlier[sample] = labels, strength, outlier
+    out_labels[rest], out_strength[rest], out_outlier[rest] = vote(idx, labels, strength, outlier)
+    return out_labels, out_strength, out_outlier
+
+
+def vote(idx: np.ndarray, labels: np.ndarray, strength: np.ndarray,
+         outlier: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label, strength and outlier score of pixels from those of their neighbours ``idx`` (n, k), as :func:`place`."""
+    k = idx.shape[1]
     votes = labels[idx] + 1  # noise (-1) votes as 0
     n_labels = int(labels.max()) + 2
     counts = np.zeros((idx.shape[0], n_labels), dtype=np.int64)
@@ -354,14 +448,8 @@ def place(data: np.ndarray, sample: np.ndarray, labels: np.ndarray, strength: np
     winner = counts.argmax(axis=1)
     agree = votes == winner[:, None]
     mean_strength = (strength[idx] * agree).sum(axis=1) / np.maximum(agree.sum(axis=1), 1)
-    out_labels = np.empty(n, dtype=np.int64)
-    out_strength = np.empty(n)
-    out_outlier = np.empty(n)
-    out_labels[sample], out_strength[sample], out_outlier[sample] = labels, strength, outlier
-    out_labels[rest] = winner - 1
-    out_strength[rest] = np.where(winner > 0, counts.max(axis=1) / k * mean_strength, 0.0)
-    out_outlier[rest] = outlier[idx].mean(axis=1)
-    return out_labels, out_strength, out_outlier
+    return (winner - 1, np.where(winner > 0, counts.max(axis=1) / k * mean_strength, 0.0),
+            outlier[idx].mean(axis=1))
 
 
 def warm_up(random_state: int | None = 0, approximate_neighbors: bool = True) -> float:
