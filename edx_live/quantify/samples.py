@@ -90,14 +90,19 @@ def cluster_samples(cube: np.ndarray, labels: np.ndarray, n_clusters: int, *, we
         wk = w[members]
         weight[k] = wk.sum()
         groups, group_w2 = _groups(flat, members, wk, blocks, channels, rng)
-        total = groups.sum(axis=0)
-        variance = group_w2.sum(axis=0)
-        stack[k, 0, channels] = total
-        stack[k, 1:1 + replicas, channels] = _scaled_poisson(total, variance, replicas, rng)
-        if bootstrap and len(groups):
-            draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=bootstrap)
-            stack[k, 1 + replicas:, channels] = draws @ groups
+        fill_cluster(stack[k], groups, group_w2.sum(axis=0), channels, replicas, bootstrap, rng)
     return ClusterSamples(stack, replicas, bootstrap, pixels, weight)
+
+
+def fill_cluster(rows: np.ndarray, groups: np.ndarray, variance: np.ndarray, channels: slice, replicas: int,
+                 bootstrap: int, rng: np.random.Generator) -> None:
+    """One cluster's rows of the stack from its group sums: the total, Poisson replicas, bootstrap resamples."""
+    total = groups.sum(axis=0)
+    rows[0, channels] = total
+    rows[1:1 + replicas, channels] = _scaled_poisson(total, variance, replicas, rng)
+    if bootstrap and len(groups):
+        draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=bootstrap)
+        rows[1 + replicas:, channels] = draws @ groups
 
 
 def random_groups(n: int, blocks: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:

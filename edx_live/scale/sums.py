@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from edx_live.quantify.samples import ClusterSamples, _scaled_poisson, random_groups
+from edx_live.quantify.samples import ClusterSamples, fill_cluster, random_groups
 
 
 def pixel_groups(labels: np.ndarray, n_clusters: int, blocks: int, rng: np.random.Generator):
@@ -87,14 +87,8 @@ class GroupSums:
         bounds = np.concatenate([[0], np.cumsum(self.groups)])
         ch = slice(self.lo, self.hi)
         for k in range(n):
-            groups = self.sums[bounds[k]:bounds[k + 1]]
-            total = groups.sum(axis=0)
-            variance = self.squares[bounds[k]:bounds[k + 1]].sum(axis=0)
-            stack[k, 0, ch] = total
-            stack[k, 1:1 + replicas, ch] = _scaled_poisson(total, variance, replicas, rng)
-            if bootstrap and len(groups):
-                draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=bootstrap)
-                stack[k, 1 + replicas:, ch] = draws @ groups
+            fill_cluster(stack[k], self.sums[bounds[k]:bounds[k + 1]],
+                         self.squares[bounds[k]:bounds[k + 1]].sum(axis=0), ch, replicas, bootstrap, rng)
         return ClusterSamples(stack, replicas, bootstrap, pixels, weight)
 
     @property
