@@ -391,10 +391,9 @@ def _view(args) -> int:
 
 
 #: HyperSpy 2.x warns about its own internal imports when exspy loads; nothing a user can act on.
-QUIET_WARNINGS = r"Importing `\w+` from `hyperspy\._signals\."
-
-
 def main(argv=None) -> int:
+    from edx_live.logs import QUIET_WARNINGS
+
     warnings.filterwarnings("ignore", message=QUIET_WARNINGS)
     args = _parser().parse_args(argv)
     if args.command == "demo":

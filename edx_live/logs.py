@@ -41,6 +41,10 @@ def _stderr_factory(*args):
     return _StderrLogger()
 
 
+#: Deprecation warnings HyperSpy gives while its own lazy signals load (not ours to act on).
+QUIET_WARNINGS = r"Importing `\w+` from `hyperspy\._signals\."
+
+
 #: The format and level :func:`configure` was last given, for worker processes to log alike.
 configured = {"fmt": "console", "level": "info"}
 

@@ -212,8 +212,7 @@ def run_task(task: Task, log_format: str = "console", log_level: str = "info") -
     """
     import warnings
 
-    from edx_live.cli import QUIET_WARNINGS
-    from edx_live.logs import configure
+    from edx_live.logs import QUIET_WARNINGS, configure
 
     configure(log_format, log_level)
     warnings.filterwarnings("ignore", message=QUIET_WARNINGS)

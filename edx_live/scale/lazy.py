@@ -37,6 +37,7 @@ import numpy as np
 from edx_live.logs import get_logger
 
 from .chunked import LazyScan, bands, check_chunk_mb, open_lazy, row_bands
+from .session import WORKFLOWS, snapshot_of, write_out_of_core_session
 
 log = get_logger("segment")
 
@@ -45,11 +46,6 @@ SAMPLE_PIXELS = 16384
 #: Bytes the bootstrap group sums of all clusters may take (a fixed amount, so that the answer
 #: does not depend on the band size).
 GROUP_SUMS_BYTES = 64 << 20
-#: Workflows that run out of core.
-WORKFLOWS = ("pca-gmm", "umap-hdbscan")
-#: Why the session folder has no spectrum image.
-NO_SPECTRUM_IMAGE = ("not written: processed out of core, the spectrum image is larger than the memory "
-                     "this run may use; the input file is the spectrum image")
 
 
 @dataclass(frozen=True)
@@ -300,7 +296,6 @@ def _process(path, out_dir, settings, chunk_mb, sample_pixels: int = SAMPLE_PIXE
     from edx_live.segment.result import SegmentationResult
     from edx_live.segment.umap_hdbscan import fit_sample
 
-    from .session import snapshot_of, write_out_of_core_session
 
     t0 = time.perf_counter()
     chunk_mb = check_chunk_mb(chunk_mb)

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+#: Workflows that run out of core.
+WORKFLOWS = ("pca-gmm", "umap-hdbscan")
+#: Why the session folder has no spectrum image.
+NO_SPECTRUM_IMAGE = ("not written: processed out of core, the spectrum image is larger than the memory "
+                     "this run may use; the input file is the spectrum image")
 #: What the compositions' uncertainties carry out of core (``summary.json``, ``out_of_core.uncertainty``).
 UNCERTAINTY = ("as a live refit: counting replicas from each cluster's summed spectrum and its sum of squared "
                "weights, the pixel bootstrap over at most `bootstrap_blocks` (by workflow) random groups of each "
@@ -30,8 +35,6 @@ def write_out_of_core_session(out: Path, source: Path, start, selection, counts_
     from edx_live.export import session as files
     from edx_live.export.facts import software_versions
     from edx_live.export.summary import SUMMARY_VERSION, _workflow
-
-    from .lazy import NO_SPECTRUM_IMAGE, WORKFLOWS
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
