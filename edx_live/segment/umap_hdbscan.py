@@ -294,7 +294,9 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         embedding = self._embed(fitted, rng)
         previous = [np.asarray(self.init, dtype=np.float64)] if self.choices_["umap_warm_start"] else []
         layouts = [embedding] + previous
-        candidates = [self._labelled(layout, data, sample, empty, phases) for layout in layouts]
+        # Which sampled pixels are each placed pixel's nearest does not depend on the layout: found once.
+        near = None if sample is None else nearest_sampled(data, sample, self.place_neighbors)
+        candidates = [self._labelled(layout, data, sample, empty, phases, near) for layout in layouts]
         scores = [icl(data, labels) for labels, *_ in candidates]
         # The previous refit's clusters stay unless this refit's fit the counts clearly better.
         best = int(len(scores) > 1 and scores[0] > scores[1] - self.keep_margin * n)
@@ -308,7 +310,8 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
                              fit_samples=int(fitted.shape[0]), placed_samples=int(n - fitted.shape[0]),
                              noise_pixels=int(np.count_nonzero(labels < 0)))
 
-    def _labelled(self, embedding: np.ndarray, data: np.ndarray, sample, empty: np.ndarray, phases: tuple):
+    def _labelled(self, embedding: np.ndarray, data: np.ndarray, sample, empty: np.ndarray, phases: tuple,
+                  near: np.ndarray | None = None):
         """Every pixel's cluster from one layout: HDBSCAN, placement, noise placed, mixes merged.
 
         ``empty`` is what a pixel without counts becomes before PCA; ``phases`` is (counts,
@@ -317,7 +320,7 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         """
         labels, strength, outlier, info = self._cluster(embedding)
         if sample is not None:
-            labels, strength, outlier = place(data, sample, labels, strength, outlier, self.place_neighbors)
+            labels, strength, outlier = place(data, sample, labels, strength, outlier, self.place_neighbors, near)
         if self.assign_noise:
             labels, strength, placed = assign_noise(data, labels, strength)
             info["noise_assigned"] = placed
@@ -413,22 +416,29 @@ def fit_sample(n: int, size: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(n).choice(n, size, replace=False))
 
 
+def nearest_sampled(data: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
+    """For each pixel not in ``sample`` (in order), its ``k`` nearest sampled pixels in ``data``: indices into the sample."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rest = np.ones(data.shape[0], dtype=bool)
+    rest[sample] = False
+    k = max(1, min(int(k), sample.size))
+    return NearestNeighbors(n_neighbors=k).fit(data[sample]).kneighbors(data[rest])[1]
+
+
 def place(data: np.ndarray, sample: np.ndarray, labels: np.ndarray, strength: np.ndarray,
-          outlier: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          outlier: np.ndarray, k: int, near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, strengths and outlier scores of every pixel from those of the fitted ``sample``.
 
     A pixel not in the sample takes the label most of its ``k`` nearest sample
     pixels (in ``data``, the PCA scores) carry, noise included; its strength is
     the fraction that voted so times their mean strength, its outlier score the
-    mean of its neighbours'.
+    mean of its neighbours'. ``near`` (:func:`nearest_sampled`) saves finding the neighbours again.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     n = data.shape[0]
     rest = np.ones(n, dtype=bool)
     rest[sample] = False
-    k = max(1, min(int(k), sample.size))
-    _, idx = NearestNeighbors(n_neighbors=k).fit(data[sample]).kneighbors(data[rest])
+    idx = nearest_sampled(data, sample, k) if near is None else near
     out_labels = np.empty(n, dtype=np.int64)
     out_strength = np.empty(n)
     out_outlier = np.empty(n)
