@@ -200,12 +200,18 @@ def _loopback_only(client):
     assert "dashboard" in info["services"] and client.dashboard_link.startswith("http://127.0.0.1:")
 
 
-def test_the_local_cluster_listens_on_loopback_and_has_no_dashboard_by_default():
+def test_the_local_cluster_listens_on_loopback_has_no_dashboard_and_leaves_the_environment_alone():
     """The scheduler's own HTTP server (health, metrics) stays up, on loopback; the dashboard's pages are not there."""
     import urllib.error
     import urllib.request
 
+    import os
+
+    before = dict(os.environ)
     with dask_client(ClusterOptions(workers=1)) as client:
+        # distributed's nanny writes its workers' variables (NUMBA_NUM_THREADS, OMP_NUM_THREADS...) into
+        # this process's environment; numba here would then refuse to compile anything.
+        assert dict(os.environ) == before
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         http = client.cluster.scheduler.http_server
         assert http.address == "127.0.0.1"
@@ -214,6 +220,7 @@ def test_the_local_cluster_listens_on_loopback_and_has_no_dashboard_by_default()
         assert missing.value.code == 404
         with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/health", timeout=10) as ok:
             assert ok.status == 200
+    assert dict(os.environ) == before
 
 
 def test_equal_stems_get_names_from_their_own_paths():

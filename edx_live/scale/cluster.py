@@ -104,7 +104,7 @@ def local_cluster(options: ClusterOptions):
     workers = options.workers or cores()
     per_task = str(max(1, cores() // (workers * options.threads_per_worker)))
     environ = {f"distributed.nanny.pre-spawn-environ.{name}": per_task for name in THREAD_VARIABLES}
-    with dask.config.set(environ):
+    with dask.config.set(environ), _own_environment():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=options.threads_per_worker, processes=True,
                                host=LOOPBACK, scheduler_port=0, dashboard_address=_dashboard(options.dashboard),
                                worker_dashboard_address=None)
@@ -112,6 +112,22 @@ def local_cluster(options: ClusterOptions):
              threads_per_worker=options.threads_per_worker, kernel_threads=int(per_task),
              dashboard=cluster.dashboard_link if options.dashboard else None)
     return cluster
+
+
+@contextmanager
+def _own_environment():
+    """Keep this process's environment as it was: a nanny writes its workers' variables into it for good.
+
+    numba reads ``NUMBA_NUM_THREADS`` again when it compiles, and refuses a value other than the
+    one its threads started with: left changed, the next compilation in this process would fail.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 @contextmanager
@@ -137,7 +153,8 @@ def dask_client(options: ClusterOptions, timeout_s: float = 60.0):
             with Client(cluster, timeout=timeout_s) as client:
                 yield client
         finally:
-            cluster.close()
+            with _own_environment():  # a nanny restarting a worker while it closes writes it again
+                cluster.close()
         return
     sec = security(options)
     if sec is not None and not options.scheduler.startswith("tls://"):
