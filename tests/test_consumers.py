@@ -202,3 +202,44 @@ def test_a_subscriber_that_never_reads_holds_a_bounded_number_of_documents(conte
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def test_a_flood_of_requests_gets_a_bounded_share_of_the_service_thread(context):
+    """A DEALER that pipelines thousands of ``status`` requests and never reads, into a service with
+    nothing to ingest: the service thread answers them within its budget for commands, and polls
+    rather than spins, so a refit running beside it keeps the interpreter; an operator's ``ctl status``
+    is still answered at once."""
+    from edx_live.shell.control import CONTROL_BURST_S, CONTROL_SHARE
+
+    app = App(on_free_ports(load_settings()), analyze=analyze_large, sessions=False, sockets=Sockets(context))
+    app.start()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.SNDHWM, 0)
+    try:
+        assert call(app.control_endpoint, "status", timeout_s=30, sockets=Sockets(context)).ok  # serving
+        thread = app._thread
+        dealer.connect(app.control_endpoint)
+        for _ in range(20_000):
+            dealer.send_multipart([b"", encode_request("status")])
+        cpu0, t0 = _thread_cpu_s(thread), time.monotonic()
+        answered0, spent0 = app.service.controller.answered, app.service.controller.seconds
+        time.sleep(1.0)  # the flood lasts: what the service thread does meanwhile is measured
+        t_reply = time.monotonic()
+        reply = call(app.control_endpoint, "status", timeout_s=5, sockets=Sockets(context))
+        t_reply = time.monotonic() - t_reply
+        time.sleep(1.0)
+        cpu, wall = _thread_cpu_s(thread) - cpu0, time.monotonic() - t0
+        answered = app.service.controller.answered - answered0
+        spent = app.service.controller.seconds - spent0
+    finally:
+        dealer.close(linger=0)
+        app.close()
+    assert reply.ok and reply.result["state"] == "idle"
+    assert t_reply < 1.0, f"an operator's request waited {t_reply:.2f} s behind the flood"
+    assert cpu <= 0.25 * wall, f"the service thread used {cpu:.2f} s of CPU in {wall:.2f} s during the flood"
+    assert spent <= CONTROL_SHARE * wall + CONTROL_BURST_S + 0.05, f"{spent:.2f} s of {wall:.2f} s answering"
+    assert answered > 0, "the flood was not answered at all"

@@ -311,3 +311,23 @@ def test_the_client_needs_only_the_protocol_and_pyzmq():
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_command_budget_is_a_share_of_the_time_with_a_bounded_burst():
+    from edx_live.shell.control import Budget
+
+    now = [0.0]
+    budget = Budget(share=0.05, burst_s=0.02, clock=lambda: now[0])
+    assert budget.wait_s() == 0
+    budget.spend(0.03)  # one slow command: 10 ms over what was saved
+    assert budget.wait_s() == pytest.approx(0.01 / 0.05)
+    now[0] += 0.1
+    assert budget.wait_s() == pytest.approx(0.005 / 0.05)  # half of it earned back
+    now[0] += 0.1
+    assert budget.wait_s() == 0
+    now[0] += 3600  # a long idle time saves no more than the burst
+    assert budget.wait_s() == 0
+    budget.spend(0.02)
+    assert budget.wait_s() == pytest.approx(0.0)
+    budget.spend(0.001)
+    assert budget.wait_s() == pytest.approx(0.001 / 0.05)

@@ -8,6 +8,7 @@ message becomes ``{ok: false, error: ...}``. A handler that changes what a refit
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import zmq
@@ -26,6 +27,34 @@ from edx_live.logs import get_logger
 
 log = get_logger("control")
 
+#: While requests keep coming, answering them takes at most this share of the service thread's time
+#: (ingest and the refit thread share the interpreter with it). bench/consumers.py, condition e: a
+#: client pipelining ``status`` without reading, answered whenever no message waited, held the
+#: service thread at 100 % of a core and made the final refit 4 to 6x slower.
+CONTROL_SHARE = 0.05
+#: Answering time saved up while idle: a burst of this many seconds of commands is answered at once.
+CONTROL_BURST_S = 0.02
+#: Commands that change nothing, logged at debug (a client may ask them many times a second).
+READ_ONLY = frozenset({"status", "list", "targets"})
+
+
+class Budget:
+    """Seconds for answering commands: ``share`` of the time that passes, at most ``burst_s`` saved up."""
+
+    def __init__(self, share: float = CONTROL_SHARE, burst_s: float = CONTROL_BURST_S, clock=time.monotonic):
+        self.share, self.burst_s, self.clock = share, burst_s, clock
+        self.credit, self._at = burst_s, clock()
+
+    def wait_s(self) -> float:
+        """0 when a command may be answered now, else the seconds until it may."""
+        now = self.clock()
+        self.credit = min(self.burst_s, self.credit + self.share * (now - self._at))
+        self._at = now
+        return 0.0 if self.credit > 0 else -self.credit / self.share
+
+    def spend(self, seconds: float) -> None:
+        self.credit -= seconds
+
 
 class Controller:
     """Answers the commands of a bound REP socket for ``service``.
@@ -43,14 +72,26 @@ class Controller:
                          "reset": self.reset, "export": self.export, "targets": self.targets}
         assert set(self.handlers) == set(COMMANDS), "a command without a handler"
         self.exporter = None  # set by the application when session folders are written
+        self.budget = Budget()
+        self.answered = 0  # requests answered
+        self.seconds = 0.0  # spent answering them
+
+    def wait_s(self) -> float:
+        """0 when the next request may be answered, else how long until it may (:class:`Budget`)."""
+        return self.budget.wait_s()
 
     def answer(self) -> None:
         """Read one request, carry it out, send the reply (never raises for a bad request)."""
+        t0 = time.perf_counter()
         try:
             frames = self.socket.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
         self.socket.send(encode_reply(self.handle(frames)))
+        spent = time.perf_counter() - t0
+        self.budget.spend(spent)
+        self.answered += 1
+        self.seconds += spent
 
     def handle(self, frames: list[bytes]) -> Reply:
         command = None
@@ -66,7 +107,7 @@ class Controller:
         except Exception as exc:  # a bug in a handler: the service goes on, the client is told
             log.exception("command_failed", command=command)
             return Reply(command=command, ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
-        log.info("command", command=command)
+        (log.debug if command in READ_ONLY else log.info)("command", command=command)
         return Reply(command=command, ok=True, result=result)
 
     # handlers -------------------------------------------------------------------------------------

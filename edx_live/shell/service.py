@@ -56,10 +56,6 @@ publish_log = get_logger("publish")
 Subscriber = Callable[..., None]
 #: Missing seq ranges a status lists (the newest; its count covers all).
 GAPS_PUBLISHED = 100
-#: While messages wait, one command is answered per this many loop turns: a client that floods the control
-#: socket takes at most about that share of the ingest thread (bench/consumers.py, condition e: answered
-#: 1:1, a flood cut ingest to x0.74). Commands are answered at once when no message waits.
-CONTROL_EVERY = 16
 Analyze = Callable[[Snapshot], Iterable]
 
 
@@ -142,7 +138,6 @@ class Service:
         self._marks: list[RefitMark] = []  # refits a replayed recording asks for, in order
         self._after_refit: list[Callable[[], object]] = []  # control changes waiting for the running refit
         self._backlog: deque = deque()  # what a recovery replays before the socket is read
-        self._turns = 0  # loop turns with a message waiting, for the share commands get
         self.recovering = False
         self._last_message_at = time.monotonic()  # for [input] producer_timeout_s
 
@@ -181,11 +176,11 @@ class Service:
         self.connection.open()
         if self._warm_up is not None:
             _Job(lambda: self._warm(self._warm_up), "edx-live-warm-up").start()
-        poller = self._poller()
+        pollers = self._poller()
         next_status = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._poll(poller, poll_s)
+                self._poll(pollers, poll_s)
                 self._collect()
                 now = time.monotonic()
                 if now >= next_status:
@@ -203,19 +198,26 @@ class Service:
             if self.recorder is not None:
                 self.recorder.close()
 
-    def _poller(self) -> zmq.Poller | None:
-        """One poller over the input (when it is a socket) and the control socket."""
+    def _poller(self) -> tuple[zmq.Poller | None, zmq.Poller | None]:
+        """Pollers over the input (when it is a socket) and the control socket, and over the input alone."""
         control = self.controller.socket if self.controller is not None else None
         sockets = [s for s in (self.connection.socket, control) if s is not None]
         if not sockets:
-            return None
-        poller = zmq.Poller()
+            return None, None
+        both, alone = zmq.Poller(), zmq.Poller()
         for sock in sockets:
-            poller.register(sock, zmq.POLLIN)
-        return poller
+            both.register(sock, zmq.POLLIN)
+        if self.connection.socket is not None:
+            alone.register(self.connection.socket, zmq.POLLIN)
+        return both, alone
 
-    def _poll(self, poller: zmq.Poller | None, poll_s: float) -> None:
-        """Wait up to ``poll_s`` for a message or a command; handle what came."""
+    def _poll(self, pollers: tuple, poll_s: float) -> None:
+        """Wait up to ``poll_s`` for a message or a command; handle what came.
+
+        A command is answered only within the controller's budget (``CONTROL_SHARE`` of the time);
+        until then the control socket is not polled, so a flood of requests neither spins this
+        loop nor takes the interpreter from ingest and the refit thread.
+        """
         if self._marks:  # a recorded refit waits for the running one, and no message may pass it
             if self._running is not None:
                 self._running.join(poll_s)
@@ -223,25 +225,21 @@ class Service:
         if self._backlog:
             self._replay_backlog()
             return
-        if poller is None:  # an in-memory input and no control socket
+        both, alone = pollers
+        if both is None:  # an in-memory input and no control socket
             self._receive(self.connection.recv(poll_s))
             return
+        wait = self.controller.wait_s() if self.controller is not None else 0.0
+        poller = both if wait == 0 else alone
         if self.connection.socket is None:  # in-memory input beside a control socket: ask both in turn
             ready = dict(poller.poll(0))
-            self._receive(self.connection.recv(0 if ready else poll_s))
+            self._receive(self.connection.recv(0 if ready else min(poll_s, wait or poll_s)))
         else:
-            ready = dict(poller.poll(int(poll_s * 1000)))
+            ready = dict(poller.poll(int(1000 * min(poll_s, wait or poll_s)) or 1))
             if self.connection.socket in ready:
                 self._receive(self.connection.recv(0))
-        if self.controller is not None and self.controller.socket in ready and self._command_due(ready):
+        if self.controller is not None and self.controller.socket in ready:
             self.controller.answer()
-
-    def _command_due(self, ready: dict) -> bool:
-        """True when no message waits, else once every ``CONTROL_EVERY`` turns (a flood cannot starve ingest)."""
-        if self.connection.socket not in ready:
-            return True
-        self._turns += 1
-        return self._turns % CONTROL_EVERY == 0
 
     def _shut_down(self) -> None:
         """Give a running refit ``shutdown_grace_s``, then abandon it and say what was lost."""
