@@ -72,6 +72,20 @@ def test_a_cluster_its_counts_cannot_tell_from_its_neighbour_is_merged_a_distinc
     assert {a["cluster"] for a in settled.actions} == {3, 4, 5}
 
 
+def test_the_counts_found_once_settle_every_labelling_as_the_cube_does():
+    """umap-hdbscan settles two candidate labellings of the same counts from one ``phase_counts``."""
+    from edx_live.segment.phases import PhaseRule, phase_counts, settle_phases
+
+    cube, truth = three_phases()
+    rule = PhaseRule()
+    found = phase_counts(cube, rule, 0.0, 0.01)
+    assert found.totals.tolist() == cube.reshape(-1, cube.shape[-1]).sum(axis=1).tolist()
+    rng = np.random.default_rng(0)
+    for labels in (truth, np.where(rng.random(truth.shape) < 0.1, 3, truth), rng.integers(-1, 4, truth.shape)):
+        once, again = settle_phases(found, labels, rule, 0.0, 0.01), settle_phases(cube, labels, rule, 0.0, 0.01)
+        assert once.mapping.tolist() == again.mapping.tolist() and once.actions == again.actions
+
+
 def test_a_lone_hot_pixel_is_not_a_phase():
     smallest = 20  # edx_live.segment.phases.MIN_CLUSTER_PIXELS: one FePt core of the demo
     cube, truth = three_phases(1)

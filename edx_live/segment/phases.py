@@ -251,14 +251,34 @@ def binned_pixels(X: np.ndarray, rule: PhaseRule, offset_kev: float | None, scal
     return out
 
 
+@dataclass(frozen=True)
+class PhaseCounts:
+    """What :func:`settle_phases` reads of a cube: every pixel's counts in a rule's bins, and its total.
+
+    The same for every labelling of the same counts: found once (:func:`phase_counts`) and
+    given to :func:`settle_phases` for each candidate labelling.
+    """
+
+    binned: np.ndarray  # (pixels, bins), float32
+    totals: np.ndarray  # (pixels,), int64 for counts, float64 otherwise
+
+
+def phase_counts(cube, rule: PhaseRule = PhaseRule(), offset_kev: float | None = None,
+                 scale_kev: float | None = None) -> PhaseCounts:
+    """The :class:`PhaseCounts` of ``cube`` (rows, columns, channels) or (pixels, channels)."""
+    X = np.asarray(cube).reshape(-1, np.shape(cube)[-1])
+    totals = X.sum(axis=1, dtype=np.int64 if np.issubdtype(X.dtype, np.integer) else np.float64)
+    return PhaseCounts(binned_pixels(X, rule, offset_kev, scale_kev), totals)
+
+
 def settle_phases(cube, labels, rule: PhaseRule = PhaseRule(), offset_kev: float | None = None,
                   scale_kev: float | None = None) -> Settled:
     """Merge the clusters their counts cannot tell from their nearest; unassign distinct specks.
 
     Parameters
     ----------
-    cube : array-like, shape (rows, columns, channels) or (pixels, channels)
-        Counts.
+    cube : array-like, shape (rows, columns, channels) or (pixels, channels), or PhaseCounts
+        Counts, or their :func:`phase_counts` under the same rule and calibration.
     labels : array-like of int, shape (rows, columns) or (pixels,)
         Clusters 0..n-1, negative for unassigned (left alone).
     rule : PhaseRule
@@ -269,13 +289,12 @@ def settle_phases(cube, labels, rule: PhaseRule = PhaseRule(), offset_kev: float
     -------
     Settled
     """
-    X = np.asarray(cube).reshape(-1, np.shape(cube)[-1])
+    found = cube if isinstance(cube, PhaseCounts) else phase_counts(cube, rule, offset_kev, scale_kev)
+    binned, totals = found.binned, found.totals
     lab = np.asarray(labels, dtype=np.int64).ravel()
     n = int(lab.max()) + 1 if lab.size and lab.max() >= 0 else 0
-    binned = binned_pixels(X, rule, offset_kev, scale_kev)
     members = [lab == c for c in range(n)]
     sums = np.array([binned[m].sum(axis=0, dtype=np.float64) for m in members]).reshape(n, binned.shape[1])
-    totals = X.sum(axis=1, dtype=np.int64 if np.issubdtype(X.dtype, np.integer) else np.float64)
     counts = np.array([totals[m].sum(dtype=np.float64) for m in members])  # one pass over the cube, not n
     pixels = np.array([m.sum() for m in members], dtype=np.int64)
     mapping = np.arange(n, dtype=np.int64)

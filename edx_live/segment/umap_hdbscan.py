@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from .mixing import merge_mixed_clusters, merged_choices
-from .phases import MIN_CLUSTER_PIXELS, PhaseRule, phase_choices, settle_phases
+from .phases import MIN_CLUSTER_PIXELS, PhaseRule, phase_choices, phase_counts, settle_phases
 from .preprocess import PreprocessMixin
 from .result import NOISE as NOISE_LABEL
 from .refine import assign_noise, gathered, gaussian_boundaries, icl
@@ -294,8 +294,11 @@ class UmapHdbscan(PreprocessMixin, ClusterMixin, BaseEstimator):
         embedding = self._embed(fitted, rng)
         previous = [np.asarray(self.init, dtype=np.float64)] if self.choices_["umap_warm_start"] else []
         layouts = [embedding] + previous
-        # Which sampled pixels are each placed pixel's nearest does not depend on the layout: found once.
+        # Which sampled pixels are each placed pixel's nearest, and the counts the phase rule reads,
+        # do not depend on the layout: found once.
         near = None if sample is None else nearest_sampled(data, sample, self.place_neighbors)
+        counts, rule, offset_kev, scale_kev = phases
+        phases = (phase_counts(counts, rule, offset_kev, scale_kev), rule, offset_kev, scale_kev)
         candidates = [self._labelled(layout, data, sample, empty, phases, near) for layout in layouts]
         scores = [icl(data, labels) for labels, *_ in candidates]
         # The previous refit's clusters stay unless this refit's fit the counts clearly better.
